@@ -1,0 +1,120 @@
+//! Configuration: one `Config`, read from the environment (and `.env`), every default
+//! in one place, validated at start so a bad value fails before anything serves.
+
+use anyhow::{bail, Context};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::policy::PolicyName;
+
+/// Everything a Sluice process is told from outside.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// TCP port every worker serves on (`PORT`, 3000).
+    pub port: u16,
+    /// Address to bind (`BIND`, 0.0.0.0).
+    pub bind: std::net::IpAddr,
+    /// Redis to keep counters and the queue in (`REDIS_URL`, redis://127.0.0.1:6379).
+    pub redis_url: String,
+    /// Worker processes (`WORKERS`, the number of available cores).
+    pub workers: NonZeroUsize,
+    /// Folder of `<name>.wasm` policies, watched for changes (`POLICY_DIR`, policies/dist).
+    pub policy_dir: PathBuf,
+    /// Policy applied to `POST /task` (`POLICY`, default).
+    pub policy: PolicyName,
+    /// Completion log file shared by all workers (`TASK_LOG`, ./task_log.jsonl).
+    pub task_log: PathBuf,
+    /// How long a claimed task is leased before another worker may run it (`LEASE_MS`, 5000).
+    pub lease: Duration,
+    /// Longest wait for one Redis answer before answering 503 (`REDIS_TIMEOUT_MS`, 1000).
+    pub redis_timeout: Duration,
+    /// How long completed tasks stay visible to `GET /task/{id}` (`TASK_TTL_SECS`, 86400).
+    pub task_ttl: Duration,
+    /// Most requests one worker handles at once before shedding with 503 (`MAX_IN_FLIGHT`, 1024).
+    pub max_in_flight: usize,
+}
+
+impl Config {
+    /// Read `.env` (if present) and the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        // A missing .env is normal; a malformed one is an error worth stopping for.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(e).context("reading .env"),
+        }
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Build from any key lookup (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let workers: usize = parse(&get, "WORKERS", cores)?;
+        let Some(workers) = NonZeroUsize::new(workers).filter(|w| w.get() <= 256) else {
+            bail!("WORKERS must be between 1 and 256, got {workers}");
+        };
+        let policy = get("POLICY").unwrap_or_else(|| "default".into());
+        let lease_ms: u64 = parse(&get, "LEASE_MS", 5_000)?;
+        if !(100..=3_600_000).contains(&lease_ms) {
+            bail!("LEASE_MS must be between 100 and 3600000, got {lease_ms}");
+        }
+        let redis_timeout_ms: u64 = parse(&get, "REDIS_TIMEOUT_MS", 1_000)?;
+        if !(10..=1_900).contains(&redis_timeout_ms) {
+            bail!("REDIS_TIMEOUT_MS must be between 10 and 1900 (answers must come within 2 s), got {redis_timeout_ms}");
+        }
+        let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        redis::Client::open(redis_url.as_str()).with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
+        Ok(Self {
+            port: parse(&get, "PORT", 3000)?,
+            bind: parse(&get, "BIND", std::net::IpAddr::from([0, 0, 0, 0]))?,
+            redis_url,
+            workers,
+            policy_dir: get("POLICY_DIR").unwrap_or_else(|| "policies/dist".into()).into(),
+            policy: PolicyName::new(&policy).with_context(|| format!("POLICY {policy:?} is not a valid policy name"))?,
+            task_log: get("TASK_LOG").unwrap_or_else(|| "./task_log.jsonl".into()).into(),
+            lease: Duration::from_millis(lease_ms),
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+            task_ttl: Duration::from_secs(parse(&get, "TASK_TTL_SECS", 86_400)?),
+            max_in_flight: parse(&get, "MAX_IN_FLIGHT", 1_024)?,
+        })
+    }
+}
+
+fn parse<T>(get: &impl Fn(&str) -> Option<String>, key: &str, default: T) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match get(key) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e| anyhow::anyhow!("{key}={raw:?} is invalid: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.policy.as_str(), "default");
+        assert_eq!(c.task_log, PathBuf::from("./task_log.jsonl"));
+    }
+
+    #[test]
+    fn bad_values_fail_with_the_key_named() {
+        for (key, value) in [("PORT", "70000"), ("WORKERS", "0"), ("POLICY", "../x"), ("LEASE_MS", "abc"), ("REDIS_URL", "http://x")] {
+            let err = config(&[(key, value)]).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

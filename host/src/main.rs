@@ -1,0 +1,49 @@
+//! The `sluice` binary: the supervisor by default, a worker when started by one.
+
+use std::process::ExitCode;
+
+use sluice::config::Config;
+use sluice::supervisor::{self, WORKER_ID_ENV};
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let worker_id = std::env::var(WORKER_ID_ENV).ok().and_then(|v| v.parse::<usize>().ok());
+    let result = match worker_id {
+        Some(id) => run_worker(config, id),
+        None => run_supervisor(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("fatal: {e:#}");
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_worker(config: Config, id: usize) -> anyhow::Result<()> {
+    sluice::logging::init(&format!("worker={id}"));
+    // A panic is a bug: die whole so the supervisor starts a clean replacement.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(101);
+    }));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = (cores / config.workers.get()).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    runtime.block_on(sluice::worker::run(config, id, true))
+}
+
+fn run_supervisor(config: &Config) -> anyhow::Result<()> {
+    sluice::logging::init("supervisor");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(supervisor::run(config))
+}

@@ -1,0 +1,127 @@
+//! The host functions a policy may import (see `limiter_wasm::abi`), and the per-store
+//! state they work on. Guest memory is only touched through bounds-checked slices, so
+//! a hostile pointer or length becomes an error code, never a host fault.
+
+use limiter_wasm::abi::{self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, MAX_REASON_LEN, RESERVATION_SIZE, WINDOW_SIZE};
+use limiter_wasm::codec::decode_windows;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Caller, Linker, Memory, StoreLimits};
+
+use crate::store::clock::{local_ms, Clock};
+use crate::store::{NewTask, Reserved, SlotRule, Store, StoreError};
+
+/// What a live decision needs from the host: Redis, the task, the lease to take.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Redis.
+    pub store: Store,
+    /// The task being decided on.
+    pub task: Arc<NewTask>,
+    /// Lease to take when the task is admitted.
+    pub lease: Duration,
+    /// This worker's lease owner token.
+    pub owner: Arc<str>,
+    /// The Redis-aligned clock.
+    pub clock: Arc<Clock>,
+}
+
+/// The data of one policy instance's store.
+#[derive(Debug)]
+pub struct HostState {
+    /// Memory limits of the instance.
+    pub limits: StoreLimits,
+    /// Name of the policy, for its log lines.
+    pub policy: Arc<str>,
+    /// The live call, or `None` for a smoke call (validation), which never touches Redis.
+    pub call: Option<CallContext>,
+    /// What `reserve` stored during this call, if anything.
+    pub reserved: Option<Reserved>,
+    /// A Redis failure during this call; the call was aborted because of it.
+    pub failure: Option<StoreError>,
+}
+
+/// Define every host function in `linker`.
+pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(abi::IMPORT_MODULE, abi::IMPORT_RESERVE, |mut caller: Caller<'_, HostState>, (w_ptr, w_len, max_delay, out_ptr): (i32, i32, i64, i32)| {
+        Box::new(async move { reserve(&mut caller, w_ptr, w_len, max_delay, out_ptr).await })
+    })?;
+    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_NOW_MS, |caller: Caller<'_, HostState>| {
+        caller.data().call.as_ref().map_or_else(local_ms, |c| c.clock.now_ms())
+    })?;
+    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+        let len = usize::try_from(len).unwrap_or(0).min(MAX_REASON_LEN);
+        let text = guest_bytes(&mut caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let text = text.unwrap_or_else(|| "<log message out of bounds>".into());
+        let policy = caller.data().policy.clone();
+        match level {
+            abi::LOG_ERROR => tracing::error!(%policy, "{text}"),
+            abi::LOG_WARN => tracing::warn!(%policy, "{text}"),
+            abi::LOG_INFO => tracing::info!(%policy, "{text}"),
+            _ => tracing::debug!(%policy, "{text}"),
+        }
+    })?;
+    Ok(())
+}
+
+async fn reserve(caller: &mut Caller<'_, HostState>, w_ptr: i32, w_len: i32, max_delay: i64, out_ptr: i32) -> wasmtime::Result<i32> {
+    let Some(count) = usize::try_from(w_len).ok().filter(|n| *n <= abi::MAX_WINDOWS) else {
+        return Ok(ERR_BAD_POINTER);
+    };
+    let Some(bytes) = guest_bytes(caller, w_ptr, count * WINDOW_SIZE) else { return Ok(ERR_BAD_POINTER) };
+    if guest_bytes(caller, out_ptr, RESERVATION_SIZE).is_none() {
+        return Ok(ERR_BAD_POINTER);
+    }
+    let windows = match decode_windows(&bytes, max_delay) {
+        Ok(w) => w,
+        Err(code) => return Ok(code),
+    };
+    if caller.data().reserved.is_some() {
+        return Ok(ERR_ALREADY_RESERVED);
+    }
+    let rule = SlotRule {
+        windows: windows.iter().map(|w| (w.limit, w.window_ms)).collect(),
+        max_delay_ms: Some(max_delay as u64),
+        not_before_ms: 0,
+    };
+    let outcome = match caller.data().call.clone() {
+        Some(call) => call.store.reserve(&call.task, &rule, call.lease, &call.owner).await,
+        None => Ok(Reserved::Queued { slot_ms: local_ms() + 1_000, now_ms: local_ms() }),
+    };
+    let reserved = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            caller.data_mut().failure = Some(e);
+            return Err(wasmtime::Error::msg("redis unavailable during reserve"));
+        }
+    };
+    let (code, slot, now) = match reserved {
+        Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => (abi::RESERVE_RESERVED, slot_ms, now_ms),
+        Reserved::TooFar { slot_ms, now_ms } => (abi::RESERVE_TOO_FAR, slot_ms, now_ms),
+    };
+    if code == abi::RESERVE_RESERVED {
+        caller.data_mut().reserved = Some(reserved);
+    }
+    let mut out = [0u8; RESERVATION_SIZE];
+    out[..8].copy_from_slice(&slot.to_le_bytes());
+    out[8..].copy_from_slice(&now.to_le_bytes());
+    write_guest(caller, out_ptr, &out)?;
+    Ok(code)
+}
+
+fn memory(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
+    caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory())
+}
+
+/// A copy of `len` guest bytes at `ptr`, or `None` if any of them is out of bounds.
+pub fn guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: usize) -> Option<Vec<u8>> {
+    let memory = memory(caller)?;
+    let start = u32::try_from(ptr).ok()? as usize;
+    memory.data(&*caller).get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+}
+
+fn write_guest(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> wasmtime::Result<()> {
+    let memory = memory(caller).ok_or_else(|| wasmtime::Error::msg("policy exports no memory"))?;
+    let start = u32::try_from(ptr).map_err(|_| wasmtime::Error::msg("negative pointer"))? as usize;
+    memory.write(&mut *caller, start, bytes).map_err(|e| wasmtime::Error::msg(e.to_string()))
+}

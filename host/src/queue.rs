@@ -1,0 +1,66 @@
+//! The Redis-backed queue: `producer` turns a request into a stored task (through the
+//! policy), `consumer` claims due tasks with a lease and runs them. Running a task is
+//! the same for both: write its completion line, then acknowledge it in Redis.
+
+pub mod consumer;
+pub mod producer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::completion_log::{Completion, CompletionLog};
+use crate::store::clock::Clock;
+use crate::store::{Store, StoreError};
+use crate::task::ClaimedTask;
+
+/// Why a task could not be run and acknowledged. It stays leased and runs again once
+/// the lease expires.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The completion line could not be written.
+    #[error("completion log write failed: {0}")]
+    Log(#[from] std::io::Error),
+    /// The acknowledgement could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// When a task ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    /// Start, unix ms (Redis time scale).
+    pub started_at: i64,
+    /// End, unix ms.
+    pub completed_at: i64,
+}
+
+/// Runs claimed tasks: what a worker needs to execute and acknowledge one.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Redis.
+    pub store: Store,
+    /// The shared completion log.
+    pub log: Arc<CompletionLog>,
+    /// The Redis-aligned clock.
+    pub clock: Arc<Clock>,
+    /// This worker's lease owner token.
+    pub owner: Arc<str>,
+    /// Lease taken on claimed tasks.
+    pub lease: Duration,
+    /// How long a completed task stays readable.
+    pub task_ttl: Duration,
+}
+
+impl Runner {
+    /// Run one task leased to this worker: log it, then acknowledge it. A crash between
+    /// the two is the one place a task can run twice (its lease expires, it runs again).
+    pub async fn run(&self, task: &ClaimedTask) -> Result<Ran, RunError> {
+        let started_at = self.clock.now_ms();
+        let completed_at = self.clock.now_ms();
+        self.log.append(&Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at })?;
+        if !self.store.ack(task, &self.owner, started_at, completed_at, self.task_ttl).await? {
+            tracing::warn!(task_id = %task.task_id, "lease lost before ack: the task may have run twice");
+        }
+        Ok(Ran { started_at, completed_at })
+    }
+}

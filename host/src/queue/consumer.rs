@@ -1,0 +1,80 @@
+//! The consumer: claims due tasks from every shard with a lease, runs them, and sleeps
+//! until the next due time or lease expiry (capped, so tasks stored by other workers are
+//! found promptly). The local producer wakes it early for a task due sooner.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Runner;
+
+/// Most tasks claimed in one round.
+const BATCH: usize = 256;
+/// Longest sleep between claims: bounds how late a task stored by another worker starts.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Pause after a failed claim (Redis unavailable).
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the clock is realigned with Redis.
+const CLOCK_SYNC: Duration = Duration::from_secs(10);
+
+/// The consumer's planned wake-up, shared with the producer.
+#[derive(Debug)]
+pub struct Wake {
+    next_ms: AtomicI64,
+    notify: Notify,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self { next_ms: AtomicI64::new(i64::MAX), notify: Notify::new() }
+    }
+}
+
+impl Wake {
+    /// A task is due at `at_ms`: wake the consumer if it planned to sleep past that.
+    pub fn schedule(&self, at_ms: i64) {
+        if at_ms < self.next_ms.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Claim and run due tasks until cancelled; the running batch finishes first.
+pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: CancellationToken) {
+    let mut last_sync = tokio::time::Instant::now();
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        if last_sync.elapsed() > CLOCK_SYNC && runner.clock.sync(&runner.store).await.is_ok() {
+            last_sync = tokio::time::Instant::now();
+        }
+        let pause = match runner.store.claim(BATCH, runner.lease, &runner.owner).await {
+            Ok(claim) => {
+                let full = claim.tasks.len() == BATCH;
+                let results = futures_util::future::join_all(claim.tasks.iter().map(|t| runner.run(t))).await;
+                for (task, result) in claim.tasks.iter().zip(results) {
+                    if let Err(e) = result {
+                        tracing::error!(task_id = %task.task_id, "task not acknowledged, it runs again after its lease: {e}");
+                    }
+                }
+                if full {
+                    continue;
+                }
+                let until_due = claim.next_wake_ms.map_or(IDLE_POLL.as_millis() as i64, |at| at - claim.now_ms);
+                Duration::from_millis(until_due.clamp(0, IDLE_POLL.as_millis() as i64) as u64)
+            }
+            Err(e) => {
+                tracing::warn!("claiming due tasks failed: {e}");
+                ERROR_BACKOFF
+            }
+        };
+        wake.next_ms.store(runner.clock.now_ms() + pause.as_millis() as i64, Ordering::Relaxed);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+            () = wake.notify.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Redis: the one connection a worker shares, the atomic scripts, and typed calls for
+//! the decisions and the queue. Every call is bounded by a timeout, so a dead or slow
+//! Redis becomes [`StoreError::Unavailable`] quickly instead of a hang.
+
+pub mod clock;
+pub mod keys;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use crate::task::{ClaimedTask, TaskState, TaskView};
+
+/// What went wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer in time, refused the connection, or failed the command.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered something the scripts never return.
+    #[error("unexpected redis reply: {0}")]
+    BadReply(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/reserve.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/cancel.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/claim.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/ack.lua")));
+
+/// A task to reserve a start for.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its id.
+    pub task_id: String,
+    /// Its user.
+    pub user_id: String,
+    /// Its payload, JSON text.
+    pub payload: String,
+}
+
+/// How to pick the start in [`Store::reserve`].
+#[derive(Debug, Clone, Default)]
+pub struct SlotRule {
+    /// (limit, window ms) pairs to respect.
+    pub windows: Vec<(u64, u64)>,
+    /// Refuse a start further out than this (ms); `None`: unbounded.
+    pub max_delay_ms: Option<u64>,
+    /// Do not start before this unix ms.
+    pub not_before_ms: i64,
+}
+
+/// The answer of [`Store::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// Start now: the task is stored and leased to the caller, which must run it.
+    Admitted { slot_ms: i64, now_ms: i64 },
+    /// Stored, to start at `slot_ms`.
+    Queued { slot_ms: i64, now_ms: i64 },
+    /// The earliest start is beyond the maximum delay; nothing was written.
+    TooFar { slot_ms: i64, now_ms: i64 },
+}
+
+/// What one [`Store::claim`] round found.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Redis time of the claim.
+    pub now_ms: i64,
+    /// Earliest remaining due time or lease expiry, if any.
+    pub next_wake_ms: Option<i64>,
+    /// The tasks now leased to the caller.
+    pub tasks: Vec<ClaimedTask>,
+}
+
+/// A worker's handle on Redis; cheap to clone (one multiplexed connection underneath).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connect lazily: the first command connects, and a lost connection is re-established
+    /// by later commands, so a Redis outage heals without a restart.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, timeout })
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+
+    /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`).
+    pub async fn reserve(&self, task: &NewTask, rule: &SlotRule, lease: Duration, owner: &str) -> Result<Reserved, StoreError> {
+        let shard = keys::shard_of(&task.user_id);
+        let mut inv = RESERVE.prepare_invoke();
+        inv.key(keys::starts(&task.user_id)).key(keys::task(&task.task_id)).key(keys::due(shard)).key(keys::lease(shard));
+        inv.arg(&task.task_id).arg(&task.user_id).arg(&task.payload).arg(shard);
+        inv.arg(rule.max_delay_ms.map_or(-1, |d| d as i64)).arg(rule.not_before_ms);
+        inv.arg(lease.as_millis() as u64).arg(owner).arg(rule.windows.len());
+        for (limit, window_ms) in &rule.windows {
+            inv.arg(*limit).arg(*window_ms);
+        }
+        let (status, slot_ms, now_ms): (i64, i64, i64) = self.run(async |c| inv.invoke_async(c).await).await?;
+        match status {
+            0 => Ok(Reserved::TooFar { slot_ms, now_ms }),
+            1 => Ok(Reserved::Admitted { slot_ms, now_ms }),
+            2 => Ok(Reserved::Queued { slot_ms, now_ms }),
+            other => Err(StoreError::BadReply(format!("reserve status {other}"))),
+        }
+    }
+
+    /// Undo a reservation (`cancel.lua`).
+    pub async fn cancel(&self, task_id: &str, user_id: &str) -> Result<(), StoreError> {
+        let shard = keys::shard_of(user_id);
+        let mut inv = CANCEL.prepare_invoke();
+        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::due(shard)).key(keys::lease(shard)).arg(task_id);
+        let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
+        Ok(())
+    }
+
+    /// Claim up to `max` due tasks from every shard, leased to `owner` (`claim.lua`).
+    pub async fn claim(&self, max: usize, lease: Duration, owner: &str) -> Result<Claim, StoreError> {
+        let mut inv = CLAIM.prepare_invoke();
+        for shard in 0..keys::SHARDS {
+            inv.key(keys::due(shard)).key(keys::lease(shard));
+        }
+        inv.arg(max).arg(lease.as_millis() as u64).arg(owner).arg(keys::TASK_PREFIX);
+        let reply: Vec<redis::Value> = self.run(async |c| inv.invoke_async(c).await).await?;
+        parse_claim(reply)
+    }
+
+    /// Mark a task completed (`ack.lua`); `false` if the lease had been lost.
+    pub async fn ack(&self, task: &ClaimedTask, owner: &str, started_at: i64, completed_at: i64, keep: Duration) -> Result<bool, StoreError> {
+        let mut inv = ACK.prepare_invoke();
+        inv.key(keys::task(&task.task_id)).key(keys::lease(keys::shard_of(&task.user_id)));
+        inv.arg(&task.task_id).arg(owner).arg(started_at).arg(completed_at).arg(keep.as_millis() as u64);
+        let held: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
+        Ok(held == 1)
+    }
+
+    /// A task's record, if it exists.
+    pub async fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
+        let key = keys::task(task_id);
+        let fields: std::collections::HashMap<String, String> = self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
+        Ok(task_view(task_id, &fields))
+    }
+
+    /// Redis's clock, unix ms.
+    pub async fn time_ms(&self) -> Result<i64, StoreError> {
+        let (secs, micros): (i64, i64) = self.run(async |c| redis::cmd("TIME").query_async(c).await).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The value of a Redis `CONFIG GET` parameter, if Redis allows reading it.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let pairs: Vec<String> = self.run(async |c| redis::cmd("CONFIG").arg("GET").arg(name).query_async(c).await).await?;
+        Ok(pairs.into_iter().nth(1))
+    }
+}
+
+fn parse_claim(reply: Vec<redis::Value>) -> Result<Claim, StoreError> {
+    use redis::FromRedisValue as _;
+    let bad = |what: &str| StoreError::BadReply(format!("claim: {what}"));
+    let int = |v: &redis::Value| i64::from_redis_value(v.clone()).map_err(|_| bad("integer expected"));
+    let (head, rest) = reply.split_at_checked(2).ok_or_else(|| bad("short reply"))?;
+    if rest.len() % 3 != 0 {
+        return Err(bad("ragged task list"));
+    }
+    let tasks = rest
+        .chunks_exact(3)
+        .map(|c| {
+            Ok(ClaimedTask {
+                task_id: String::from_redis_value(c[0].clone()).map_err(|_| bad("task id"))?,
+                user_id: String::from_redis_value(c[1].clone()).map_err(|_| bad("user id"))?,
+                run_at: int(&c[2])?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let next = int(&head[1])?;
+    Ok(Claim { now_ms: int(&head[0])?, next_wake_ms: (next >= 0).then_some(next), tasks })
+}
+
+fn task_view(task_id: &str, f: &std::collections::HashMap<String, String>) -> Option<TaskView> {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+    let status = match f.get("state")?.as_str() {
+        "queued" => TaskState::Queued,
+        "running" => TaskState::Running,
+        _ => TaskState::Completed,
+    };
+    Some(TaskView {
+        task_id: task_id.to_owned(),
+        user_id: f.get("user_id")?.clone(),
+        status,
+        created_at: num("created_at")?,
+        run_at: num("run_at")?,
+        started_at: num("started_at"),
+        completed_at: num("completed_at"),
+    })
+}

@@ -1,0 +1,51 @@
+//! The Redis-aligned clock. Decisions take their time from Redis `TIME` inside the
+//! scripts; this clock gives the same time scale to what the host stamps itself
+//! (`started_at`, `completed_at`, the consumer's sleeps) without a round trip each time.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Local time plus the offset last measured against Redis.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    /// Unix ms on Redis's time scale.
+    pub fn now_ms(&self) -> i64 {
+        local_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Align with a Redis time read between local times `before` and `after`.
+    pub fn align(&self, before_ms: i64, redis_ms: i64, after_ms: i64) {
+        let midpoint = before_ms + (after_ms - before_ms) / 2;
+        self.offset_ms.store(redis_ms - midpoint, Ordering::Relaxed);
+    }
+
+    /// Measure the offset against Redis now.
+    pub async fn sync(&self, store: &super::Store) -> Result<(), super::StoreError> {
+        let before = local_ms();
+        let redis = store.time_ms().await?;
+        self.align(before, redis, local_ms());
+        Ok(())
+    }
+}
+
+/// The local wall clock, unix ms.
+pub fn local_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_uses_the_round_trip_midpoint() {
+        let clock = Clock::default();
+        let now = local_ms();
+        clock.align(now - 10, now + 5_000, now + 10);
+        assert!((clock.now_ms() - (now + 5_000)).abs() < 50);
+    }
+}

@@ -1,0 +1,11 @@
+-- Undo a reservation whose decision was not kept (the policy rejected or trapped after
+-- reserving): forget the start and the task. Freeing the slot can only make later
+-- reservations conservative, never over-admit.
+-- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] due shard, KEYS[4] lease shard
+-- ARGV[1] task id
+-- Returns 1.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1

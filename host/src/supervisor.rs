@@ -1,0 +1,134 @@
+//! The supervisor: starts `WORKERS` copies of its own binary as workers, replaces any
+//! that die (backing off from crash loops), and on SIGTERM/SIGINT asks them to drain
+//! and waits. Each worker's stdin is a pipe from here; closing it is the stop request,
+//! and it closes by itself if the supervisor dies, so workers never outlive it.
+
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::process::{ChildStdin, Command};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::worker::SHUTDOWN_GRACE;
+
+/// Environment variable that makes the binary a worker, carrying its id.
+pub const WORKER_ID_ENV: &str = "SLUICE_WORKER_ID";
+/// Delay before replacing a dead worker.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// More than this many deaths of one worker within [`CRASH_WINDOW`] is a crash loop.
+const CRASH_LIMIT: usize = 5;
+const CRASH_WINDOW: Duration = Duration::from_secs(10);
+/// Delay before replacing a worker that is crash-looping.
+const CRASH_BACKOFF: Duration = Duration::from_secs(5);
+
+enum Event {
+    Exited(usize, std::io::Result<ExitStatus>),
+    Restart(usize),
+}
+
+struct Slot {
+    stdin: Option<ChildStdin>,
+    kill: CancellationToken,
+    deaths: VecDeque<Instant>,
+}
+
+/// Run the workers until SIGTERM or SIGINT; exit after they drained.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let exe = std::env::current_exe()?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut events = JoinSet::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    for id in 0..config.workers.get() {
+        slots.push(Slot { stdin: None, kill: CancellationToken::new(), deaths: VecDeque::new() });
+        spawn(&exe, id, &mut slots[id], &mut events)?;
+    }
+    tracing::info!(workers = config.workers.get(), port = config.port, "supervisor started");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(Ok(event)) = events.join_next() => match event {
+                Event::Exited(id, status) => {
+                    let delay = record_death(&mut slots[id], id, status);
+                    events.spawn(async move { tokio::time::sleep(delay).await; Event::Restart(id) });
+                }
+                Event::Restart(id) => {
+                    if let Err(e) = spawn(&exe, id, &mut slots[id], &mut events) {
+                        tracing::error!(worker = id, "cannot start worker, retrying: {e}");
+                        events.spawn(async move { tokio::time::sleep(CRASH_BACKOFF).await; Event::Restart(id) });
+                    }
+                }
+            },
+        }
+    }
+    shutdown(slots, events).await;
+    Ok(())
+}
+
+fn spawn(exe: &std::path::Path, id: usize, slot: &mut Slot, events: &mut JoinSet<Event>) -> std::io::Result<()> {
+    let mut child = Command::new(exe).env(WORKER_ID_ENV, id.to_string()).stdin(Stdio::piped()).spawn()?;
+    tracing::info!(worker = id, pid = child.id(), "worker started");
+    slot.stdin = child.stdin.take();
+    slot.kill = CancellationToken::new();
+    let kill = slot.kill.clone();
+    events.spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = kill.cancelled() => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        Event::Exited(id, status)
+    });
+    Ok(())
+}
+
+/// Log a death and choose the delay before the replacement.
+fn record_death(slot: &mut Slot, id: usize, status: std::io::Result<ExitStatus>) -> Duration {
+    slot.stdin = None;
+    let now = Instant::now();
+    slot.deaths.push_back(now);
+    while slot.deaths.front().is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW) {
+        slot.deaths.pop_front();
+    }
+    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+    if slot.deaths.len() > CRASH_LIMIT {
+        tracing::error!(worker = id, %status, "worker is crash-looping ({} deaths in {} s); next restart in {} s", slot.deaths.len(), CRASH_WINDOW.as_secs(), CRASH_BACKOFF.as_secs());
+        CRASH_BACKOFF
+    } else {
+        tracing::warn!(worker = id, %status, "worker died; replacing it");
+        RESTART_DELAY
+    }
+}
+
+/// Close every worker's stdin (the stop request), wait for them to drain, kill stragglers.
+async fn shutdown(slots: Vec<Slot>, mut events: JoinSet<Event>) {
+    tracing::info!("supervisor stopping: draining workers");
+    let kills: Vec<CancellationToken> = slots.iter().map(|s| s.kill.clone()).collect();
+    drop(slots);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, events.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(Event::Exited(id, status)))) => tracing::info!(worker = id, status = ?status.ok(), "worker exited"),
+            Ok(Some(_)) => {}
+            Err(_) => {
+                tracing::warn!("workers did not stop in time; killing them");
+                kills.iter().for_each(CancellationToken::cancel);
+                // Pending restarts never fire: abort them, then collect the killed workers.
+                while let Some(event) = events.join_next().await {
+                    if let Ok(Event::Restart(_)) = event {
+                        continue;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    tracing::info!("supervisor stopped");
+}
