@@ -27,6 +27,7 @@ pub struct Completion<'a> {
 #[derive(Debug)]
 pub struct CompletionLog {
     file: File,
+    path: std::path::PathBuf,
     failed_writes: AtomicU64,
 }
 
@@ -34,7 +35,12 @@ impl CompletionLog {
     /// Open (creating) the log for appending.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file, failed_writes: AtomicU64::new(0) })
+        Ok(Self { file, path: path.to_owned(), failed_writes: AtomicU64::new(0) })
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Append one line with a single write.
@@ -43,7 +49,11 @@ impl CompletionLog {
         line.push(b'\n');
         // `write`, not `write_all`: a partial write would tear the line, so treat it as a failure.
         let result = (&self.file).write(&line).and_then(|n| {
-            if n == line.len() { Ok(()) } else { Err(std::io::Error::other(format!("short write: {n} of {} bytes", line.len()))) }
+            if n == line.len() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!("short write: {n} of {} bytes", line.len())))
+            }
         });
         if result.is_err() {
             self.failed_writes.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! Configuration: one `Config`, read from the environment (and `.env`), every default
 //! in one place, validated at start so a bad value fails before anything serves.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,17 +61,21 @@ impl Config {
         }
         let redis_timeout_ms: u64 = parse(&get, "REDIS_TIMEOUT_MS", 1_000)?;
         if !(10..=1_900).contains(&redis_timeout_ms) {
-            bail!("REDIS_TIMEOUT_MS must be between 10 and 1900 (answers must come within 2 s), got {redis_timeout_ms}");
+            bail!(
+                "REDIS_TIMEOUT_MS must be between 10 and 1900 (answers must come within 2 s), got {redis_timeout_ms}"
+            );
         }
         let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        redis::Client::open(redis_url.as_str()).with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
+        redis::Client::open(redis_url.as_str())
+            .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
         Ok(Self {
             port: parse(&get, "PORT", 3000)?,
             bind: parse(&get, "BIND", std::net::IpAddr::from([0, 0, 0, 0]))?,
             redis_url,
             workers,
             policy_dir: get("POLICY_DIR").unwrap_or_else(|| "policies/dist".into()).into(),
-            policy: PolicyName::new(&policy).with_context(|| format!("POLICY {policy:?} is not a valid policy name"))?,
+            policy: PolicyName::new(&policy)
+                .with_context(|| format!("POLICY {policy:?} is not a valid policy name"))?,
             task_log: get("TASK_LOG").unwrap_or_else(|| "./task_log.jsonl".into()).into(),
             lease: Duration::from_millis(lease_ms),
             redis_timeout: Duration::from_millis(redis_timeout_ms),
@@ -112,7 +116,9 @@ mod tests {
 
     #[test]
     fn bad_values_fail_with_the_key_named() {
-        for (key, value) in [("PORT", "70000"), ("WORKERS", "0"), ("POLICY", "../x"), ("LEASE_MS", "abc"), ("REDIS_URL", "http://x")] {
+        for (key, value) in
+            [("PORT", "70000"), ("WORKERS", "0"), ("POLICY", "../x"), ("LEASE_MS", "abc"), ("REDIS_URL", "http://x")]
+        {
             let err = config(&[(key, value)]).expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");
         }

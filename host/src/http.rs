@@ -4,9 +4,9 @@
 pub mod error;
 pub mod handlers;
 
+use axum::Router;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
-use axum::Router;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;

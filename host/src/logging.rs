@@ -3,8 +3,8 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Install the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init(tag: &str) {

@@ -55,8 +55,10 @@ impl Runner {
     /// Run one task leased to this worker: log it, then acknowledge it. A crash between
     /// the two is the one place a task can run twice (its lease expires, it runs again).
     pub async fn run(&self, task: &ClaimedTask) -> Result<Ran, RunError> {
-        let started_at = self.clock.now_ms();
-        let completed_at = self.clock.now_ms();
+        // Redis had reached `run_at` before this task could be claimed or admitted, so the
+        // start is at least that; the clamp removes the local clock's estimate error.
+        let started_at = self.clock.now_ms().max(task.run_at);
+        let completed_at = self.clock.now_ms().max(started_at);
         self.log.append(&Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at })?;
         if !self.store.ack(task, &self.owner, started_at, completed_at, self.task_ttl).await? {
             tracing::warn!(task_id = %task.task_id, "lease lost before ack: the task may have run twice");

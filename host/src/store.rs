@@ -5,8 +5,8 @@
 pub mod clock;
 pub mod keys;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -105,7 +105,10 @@ impl Store {
         Ok(Self { conn, timeout })
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
             Ok(result) => Ok(result?),
@@ -114,10 +117,19 @@ impl Store {
     }
 
     /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`).
-    pub async fn reserve(&self, task: &NewTask, rule: &SlotRule, lease: Duration, owner: &str) -> Result<Reserved, StoreError> {
+    pub async fn reserve(
+        &self,
+        task: &NewTask,
+        rule: &SlotRule,
+        lease: Duration,
+        owner: &str,
+    ) -> Result<Reserved, StoreError> {
         let shard = keys::shard_of(&task.user_id);
         let mut inv = RESERVE.prepare_invoke();
-        inv.key(keys::starts(&task.user_id)).key(keys::task(&task.task_id)).key(keys::due(shard)).key(keys::lease(shard));
+        inv.key(keys::starts(&task.user_id))
+            .key(keys::task(&task.task_id))
+            .key(keys::due(shard))
+            .key(keys::lease(shard));
         inv.arg(&task.task_id).arg(&task.user_id).arg(&task.payload).arg(shard);
         inv.arg(rule.max_delay_ms.map_or(-1, |d| d as i64)).arg(rule.not_before_ms);
         inv.arg(lease.as_millis() as u64).arg(owner).arg(rule.windows.len());
@@ -137,7 +149,11 @@ impl Store {
     pub async fn cancel(&self, task_id: &str, user_id: &str) -> Result<(), StoreError> {
         let shard = keys::shard_of(user_id);
         let mut inv = CANCEL.prepare_invoke();
-        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::due(shard)).key(keys::lease(shard)).arg(task_id);
+        inv.key(keys::starts(user_id))
+            .key(keys::task(task_id))
+            .key(keys::due(shard))
+            .key(keys::lease(shard))
+            .arg(task_id);
         let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
         Ok(())
     }
@@ -154,7 +170,14 @@ impl Store {
     }
 
     /// Mark a task completed (`ack.lua`); `false` if the lease had been lost.
-    pub async fn ack(&self, task: &ClaimedTask, owner: &str, started_at: i64, completed_at: i64, keep: Duration) -> Result<bool, StoreError> {
+    pub async fn ack(
+        &self,
+        task: &ClaimedTask,
+        owner: &str,
+        started_at: i64,
+        completed_at: i64,
+        keep: Duration,
+    ) -> Result<bool, StoreError> {
         let mut inv = ACK.prepare_invoke();
         inv.key(keys::task(&task.task_id)).key(keys::lease(keys::shard_of(&task.user_id)));
         inv.arg(&task.task_id).arg(owner).arg(started_at).arg(completed_at).arg(keep.as_millis() as u64);
@@ -165,7 +188,8 @@ impl Store {
     /// A task's record, if it exists.
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
         let key = keys::task(task_id);
-        let fields: std::collections::HashMap<String, String> = self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
+        let fields: std::collections::HashMap<String, String> =
+            self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
         Ok(task_view(task_id, &fields))
     }
 
@@ -177,7 +201,8 @@ impl Store {
 
     /// The value of a Redis `CONFIG GET` parameter, if Redis allows reading it.
     pub async fn config_get(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let pairs: Vec<String> = self.run(async |c| redis::cmd("CONFIG").arg("GET").arg(name).query_async(c).await).await?;
+        let pairs: Vec<String> =
+            self.run(async |c| redis::cmd("CONFIG").arg("GET").arg(name).query_async(c).await).await?;
         Ok(pairs.into_iter().nth(1))
     }
 }
@@ -187,7 +212,7 @@ fn parse_claim(reply: Vec<redis::Value>) -> Result<Claim, StoreError> {
     let bad = |what: &str| StoreError::BadReply(format!("claim: {what}"));
     let int = |v: &redis::Value| i64::from_redis_value(v.clone()).map_err(|_| bad("integer expected"));
     let (head, rest) = reply.split_at_checked(2).ok_or_else(|| bad("short reply"))?;
-    if rest.len() % 3 != 0 {
+    if !rest.len().is_multiple_of(3) {
         return Err(bad("ragged task list"));
     }
     let tasks = rest

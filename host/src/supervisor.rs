@@ -36,7 +36,7 @@ struct Slot {
 
 /// Run the workers until SIGTERM or SIGINT; exit after they drained.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let exe = std::env::current_exe()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -115,7 +115,9 @@ async fn shutdown(slots: Vec<Slot>, mut events: JoinSet<Event>) {
     loop {
         match tokio::time::timeout_at(deadline, events.join_next()).await {
             Ok(None) => break,
-            Ok(Some(Ok(Event::Exited(id, status)))) => tracing::info!(worker = id, status = ?status.ok(), "worker exited"),
+            Ok(Some(Ok(Event::Exited(id, status)))) => {
+                tracing::info!(worker = id, status = ?status.ok(), "worker exited")
+            }
             Ok(Some(_)) => {}
             Err(_) => {
                 tracing::warn!("workers did not stop in time; killing them");

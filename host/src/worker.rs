@@ -16,11 +16,11 @@ use crate::completion_log::CompletionLog;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::policy::{Engine, Registry};
+use crate::queue::Runner;
 use crate::queue::consumer::{self, Wake};
 use crate::queue::producer::Producer;
-use crate::queue::Runner;
-use crate::store::clock::Clock;
 use crate::store::Store;
+use crate::store::clock::Clock;
 
 /// Longest graceful shutdown: in-flight requests and running tasks get this long.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -57,9 +57,17 @@ impl Worker {
                 config.policy_dir.join(format!("{}.wasm", config.policy)).display()
             );
         }
-        let log = CompletionLog::open(&config.task_log).with_context(|| format!("opening TASK_LOG {}", config.task_log.display()))?;
+        let log = CompletionLog::open(&config.task_log)
+            .with_context(|| format!("opening TASK_LOG {}", config.task_log.display()))?;
         let owner: Arc<str> = format!("{worker_id}:{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()).into();
-        let runner = Runner { store: store.clone(), log: Arc::new(log), clock, owner, lease: config.lease, task_ttl: config.task_ttl };
+        let runner = Runner {
+            store: store.clone(),
+            log: Arc::new(log),
+            clock,
+            owner,
+            lease: config.lease,
+            task_ttl: config.task_ttl,
+        };
         let wake = Arc::new(Wake::default());
         let producer = Producer { registry: registry.clone(), runner: runner.clone(), wake: wake.clone() };
         let state = AppState {
@@ -102,7 +110,10 @@ pub async fn run(config: Config, worker_id: usize, supervised: bool) -> anyhow::
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("shutdown grace of {} s ran out; leases of unfinished tasks will expire", SHUTDOWN_GRACE.as_secs());
+        tracing::warn!(
+            "shutdown grace of {} s ran out; leases of unfinished tasks will expire",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
     tracing::info!("worker stopped");
     Ok(())
@@ -121,7 +132,7 @@ pub fn bind_shared(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Cancel on SIGTERM, SIGINT, or (under a supervisor) end of stdin: the supervisor holds
 /// the other end of that pipe, so it closes when the supervisor exits, even by SIGKILL.
 async fn stop_on_signal(cancel: CancellationToken, supervised: bool) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;

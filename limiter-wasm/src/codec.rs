@@ -42,7 +42,7 @@ pub fn encode_windows(windows: &[Window]) -> Vec<u8> {
 
 /// Decode and validate windows and a maximum delay as the host must before using them.
 pub fn decode_windows(bytes: &[u8], max_delay_ms: i64) -> Result<Vec<Window>, i32> {
-    if bytes.len() % WINDOW_SIZE != 0 || bytes.len() / WINDOW_SIZE > MAX_WINDOWS {
+    if !bytes.len().is_multiple_of(WINDOW_SIZE) || bytes.len() / WINDOW_SIZE > MAX_WINDOWS {
         return Err(crate::abi::ERR_BAD_POINTER);
     }
     if !(0..=MAX_DELAY_MS as i64).contains(&max_delay_ms) {

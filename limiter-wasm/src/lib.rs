@@ -8,10 +8,10 @@
 
 pub mod abi;
 pub mod codec;
-mod types;
-pub mod testing;
 #[cfg(target_arch = "wasm32")]
 mod sys;
+pub mod testing;
+mod types;
 
 pub use types::{Decision, HostError, Level, Request, Reservation, Window};
 
@@ -58,5 +58,5 @@ macro_rules! export_policy {
 #[doc(hidden)]
 #[cfg(target_arch = "wasm32")]
 pub mod __private {
-    pub use crate::sys::{alloc, decide, WasmHost};
+    pub use crate::sys::{WasmHost, alloc, decide};
 }

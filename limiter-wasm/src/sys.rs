@@ -1,8 +1,11 @@
 //! The wasm32 side of the ABI: raw imports, the request buffer, and the glue behind
 //! [`crate::export_policy!`]. The only `unsafe` in a policy build lives here.
 
-use crate::abi::{DECISION_ADMIT, DECISION_ERROR, DECISION_QUEUE, DECISION_REJECT, RESERVATION_SIZE, RESERVE_RESERVED, RESERVE_TOO_FAR};
-use crate::codec::{decode_request, encode_windows, DecisionRecord};
+use crate::abi::{
+    DECISION_ADMIT, DECISION_ERROR, DECISION_QUEUE, DECISION_REJECT, RESERVATION_SIZE, RESERVE_RESERVED,
+    RESERVE_TOO_FAR,
+};
+use crate::codec::{DecisionRecord, decode_request, encode_windows};
 use crate::{Decision, Host, HostError, Level, Request, Reservation, Window};
 use std::cell::RefCell;
 
@@ -56,7 +59,8 @@ where
     };
     DECISION.with_borrow_mut(|(record, text)| {
         *text = reason;
-        *record = DecisionRecord { kind, value, reason_ptr: text.as_ptr() as u32, reason_len: text.len() as u32 }.encode();
+        *record =
+            DecisionRecord { kind, value, reason_ptr: text.as_ptr() as u32, reason_len: text.len() as u32 }.encode();
         record.as_ptr() as i32
     })
 }

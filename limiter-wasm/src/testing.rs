@@ -70,7 +70,8 @@ impl MemoryHost {
 impl Host for MemoryHost {
     fn reserve(&mut self, windows: &[Window], max_delay_ms: u64) -> Result<Reservation, HostError> {
         let max_delay = i64::try_from(max_delay_ms).unwrap_or(-1);
-        crate::codec::decode_windows(&crate::codec::encode_windows(windows), max_delay).map_err(HostError::from_code)?;
+        crate::codec::decode_windows(&crate::codec::encode_windows(windows), max_delay)
+            .map_err(HostError::from_code)?;
         if self.reserved {
             return Err(HostError::AlreadyReserved);
         }

@@ -1,9 +1,9 @@
 //! The one error type of the HTTP layer. Every error answer is JSON `{"error": "..."}`
 //! with a stable status; internal causes are logged once here and never leaked.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use crate::policy::PolicyError;
 use crate::store::StoreError;

@@ -3,7 +3,7 @@
 //! instances per policy, and running one decision.
 
 use limiter_wasm::abi::{self, DECISION_SIZE, FUEL_PER_DECISION, MAX_MEMORY_BYTES, MAX_REASON_LEN};
-use limiter_wasm::codec::{encode_request, DecisionRecord};
+use limiter_wasm::codec::{DecisionRecord, encode_request};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -52,7 +52,8 @@ impl Engine {
             .map_err(|e| format!("compiler task failed: {e}"))?
             .map_err(|e| format!("not a valid wasm module: {e:#}"))?;
         check_imports(&module)?;
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| format!("imports do not match the host ABI: {e:#}"))?;
+        let pre =
+            self.linker.instantiate_pre(&module).map_err(|e| format!("imports do not match the host ABI: {e:#}"))?;
         let policy = Policy {
             name: name.clone(),
             sha256: hex::encode(Sha256::digest(&bytes)),
@@ -61,7 +62,11 @@ impl Engine {
             pool: Mutex::new(Vec::new()),
         };
         let mut instance = policy.instantiate().await.map_err(|e| format!("cannot instantiate: {e}"))?;
-        let version = instance.version.call_async(&mut instance.store, ()).await.map_err(|e| format!("{}: {e:#}", abi::EXPORT_ABI_VERSION))?;
+        let version = instance
+            .version
+            .call_async(&mut instance.store, ())
+            .await
+            .map_err(|e| format!("{}: {e:#}", abi::EXPORT_ABI_VERSION))?;
         if version != abi::ABI_VERSION as i32 {
             return Err(format!("speaks ABI version {version}, the host speaks {}", abi::ABI_VERSION));
         }
@@ -146,7 +151,9 @@ impl Policy {
         let missing = |what: &str| PolicyError::Failed(format!("export {what} missing or of the wrong type"));
         Ok(Instance {
             memory: instance.get_memory(&mut store, abi::EXPORT_MEMORY).ok_or_else(|| missing(abi::EXPORT_MEMORY))?,
-            version: instance.get_typed_func(&mut store, abi::EXPORT_ABI_VERSION).map_err(|_| missing(abi::EXPORT_ABI_VERSION))?,
+            version: instance
+                .get_typed_func(&mut store, abi::EXPORT_ABI_VERSION)
+                .map_err(|_| missing(abi::EXPORT_ABI_VERSION))?,
             alloc: instance.get_typed_func(&mut store, abi::EXPORT_ALLOC).map_err(|_| missing(abi::EXPORT_ALLOC))?,
             decide: instance.get_typed_func(&mut store, abi::EXPORT_DECIDE).map_err(|_| missing(abi::EXPORT_DECIDE))?,
             store,
@@ -175,7 +182,12 @@ impl Policy {
         }
     }
 
-    async fn run(&self, instance: &mut Instance, call: Option<CallContext>, request: &[u8]) -> Result<Verdict, PolicyError> {
+    async fn run(
+        &self,
+        instance: &mut Instance,
+        call: Option<CallContext>,
+        request: &[u8],
+    ) -> Result<Verdict, PolicyError> {
         let data = instance.store.data_mut();
         data.call = call;
         data.reserved = None;

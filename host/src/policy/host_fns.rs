@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Caller, Linker, Memory, StoreLimits};
 
-use crate::store::clock::{local_ms, Clock};
+use crate::store::clock::{Clock, local_ms};
 use crate::store::{NewTask, Reserved, SlotRule, Store, StoreError};
 
 /// What a live decision needs from the host: Redis, the task, the lease to take.
@@ -43,28 +43,42 @@ pub struct HostState {
 
 /// Define every host function in `linker`.
 pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap_async(abi::IMPORT_MODULE, abi::IMPORT_RESERVE, |mut caller: Caller<'_, HostState>, (w_ptr, w_len, max_delay, out_ptr): (i32, i32, i64, i32)| {
-        Box::new(async move { reserve(&mut caller, w_ptr, w_len, max_delay, out_ptr).await })
-    })?;
+    linker.func_wrap_async(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_RESERVE,
+        |mut caller: Caller<'_, HostState>, (w_ptr, w_len, max_delay, out_ptr): (i32, i32, i64, i32)| {
+            Box::new(async move { reserve(&mut caller, w_ptr, w_len, max_delay, out_ptr).await })
+        },
+    )?;
     linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_NOW_MS, |caller: Caller<'_, HostState>| {
         caller.data().call.as_ref().map_or_else(local_ms, |c| c.clock.now_ms())
     })?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
-        let len = usize::try_from(len).unwrap_or(0).min(MAX_REASON_LEN);
-        let text = guest_bytes(&mut caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned());
-        let text = text.unwrap_or_else(|| "<log message out of bounds>".into());
-        let policy = caller.data().policy.clone();
-        match level {
-            abi::LOG_ERROR => tracing::error!(%policy, "{text}"),
-            abi::LOG_WARN => tracing::warn!(%policy, "{text}"),
-            abi::LOG_INFO => tracing::info!(%policy, "{text}"),
-            _ => tracing::debug!(%policy, "{text}"),
-        }
-    })?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_LOG,
+        |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+            let len = usize::try_from(len).unwrap_or(0).min(MAX_REASON_LEN);
+            let text = guest_bytes(&mut caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let text = text.unwrap_or_else(|| "<log message out of bounds>".into());
+            let policy = caller.data().policy.clone();
+            match level {
+                abi::LOG_ERROR => tracing::error!(%policy, "{text}"),
+                abi::LOG_WARN => tracing::warn!(%policy, "{text}"),
+                abi::LOG_INFO => tracing::info!(%policy, "{text}"),
+                _ => tracing::debug!(%policy, "{text}"),
+            }
+        },
+    )?;
     Ok(())
 }
 
-async fn reserve(caller: &mut Caller<'_, HostState>, w_ptr: i32, w_len: i32, max_delay: i64, out_ptr: i32) -> wasmtime::Result<i32> {
+async fn reserve(
+    caller: &mut Caller<'_, HostState>,
+    w_ptr: i32,
+    w_len: i32,
+    max_delay: i64,
+    out_ptr: i32,
+) -> wasmtime::Result<i32> {
     let Some(count) = usize::try_from(w_len).ok().filter(|n| *n <= abi::MAX_WINDOWS) else {
         return Ok(ERR_BAD_POINTER);
     };
@@ -96,7 +110,9 @@ async fn reserve(caller: &mut Caller<'_, HostState>, w_ptr: i32, w_len: i32, max
         }
     };
     let (code, slot, now) = match reserved {
-        Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => (abi::RESERVE_RESERVED, slot_ms, now_ms),
+        Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => {
+            (abi::RESERVE_RESERVED, slot_ms, now_ms)
+        }
         Reserved::TooFar { slot_ms, now_ms } => (abi::RESERVE_TOO_FAR, slot_ms, now_ms),
     };
     if code == abi::RESERVE_RESERVED {

@@ -4,8 +4,8 @@
 use limiter_wasm::codec::encode_request;
 use std::sync::Arc;
 
-use super::consumer::Wake;
 use super::Runner;
+use super::consumer::Wake;
 use crate::policy::engine::Failure;
 use crate::policy::host_fns::CallContext;
 use crate::policy::{PolicyError, Registry, Verdict};
@@ -50,7 +50,11 @@ impl Producer {
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, PolicyError> {
         let name = self.registry.active_name();
         let policy = self.registry.get(name).ok_or_else(|| PolicyError::NotLoaded(name.clone()))?;
-        let task = Arc::new(NewTask { task_id: TaskId::random().to_string(), user_id: sub.user_id.as_str().to_owned(), payload: sub.payload });
+        let task = Arc::new(NewTask {
+            task_id: TaskId::random().to_string(),
+            user_id: sub.user_id.as_str().to_owned(),
+            payload: sub.payload,
+        });
         let request = encode_request(&task.user_id, sub.plan.as_deref(), &task.payload);
         let call = CallContext {
             store: self.runner.store.clone(),
@@ -71,7 +75,12 @@ impl Producer {
     }
 
     /// Make the stored state match the verdict.
-    async fn settle(&self, task: &NewTask, verdict: Verdict, reserved: Option<Reserved>) -> Result<Submitted, PolicyError> {
+    async fn settle(
+        &self,
+        task: &NewTask,
+        verdict: Verdict,
+        reserved: Option<Reserved>,
+    ) -> Result<Submitted, PolicyError> {
         let reserved = match (verdict, reserved) {
             (Verdict::Reject { retry_after_ms, reason }, reserved) => {
                 if reserved.is_some() {
@@ -91,9 +100,10 @@ impl Producer {
             }
             // Not produced today (a too-far reserve is never recorded, store_at has no
             // maximum delay), but if it were, nothing was stored: refuse.
-            Reserved::TooFar { slot_ms, now_ms } => {
-                Ok(Submitted::Rejected { retry_after_ms: (slot_ms - now_ms).max(1) as u64, reason: "no start within the allowed delay".into() })
-            }
+            Reserved::TooFar { slot_ms, now_ms } => Ok(Submitted::Rejected {
+                retry_after_ms: (slot_ms - now_ms).max(1) as u64,
+                reason: "no start within the allowed delay".into(),
+            }),
         }
     }
 
@@ -107,12 +117,20 @@ impl Producer {
     async fn run_now(&self, task: &NewTask, run_at: i64) -> Submitted {
         let claimed = ClaimedTask { task_id: task.task_id.clone(), user_id: task.user_id.clone(), run_at };
         match self.runner.run(&claimed).await {
-            Ok(ran) => Submitted::Completed { task_id: task.task_id.clone(), started_at: ran.started_at, completed_at: ran.completed_at },
+            Ok(ran) => Submitted::Completed {
+                task_id: task.task_id.clone(),
+                started_at: ran.started_at,
+                completed_at: ran.completed_at,
+            },
             Err(e) => {
                 // Stored and leased: it runs when the lease expires. Say so honestly.
                 tracing::error!(task_id = %task.task_id, "admitted task did not complete, it will run after its lease: {e}");
                 let now = self.runner.clock.now_ms();
-                Submitted::Queued { task_id: task.task_id.clone(), run_at: now + self.runner.lease.as_millis() as i64, now }
+                Submitted::Queued {
+                    task_id: task.task_id.clone(),
+                    run_at: now + self.runner.lease.as_millis() as i64,
+                    now,
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! minute (sliding windows). Over the limit, tasks queue; once a user's backlog would
 //! start more than an hour out, new tasks are refused (429) so one user cannot fill Redis.
 
-use limiter_wasm::{export_policy, Decision, Host, HostError, Request, Window};
+use limiter_wasm::{Decision, Host, HostError, Request, Window, export_policy};
 
 /// The two windows every user is held to.
 pub const WINDOWS: [Window; 2] = [Window::per_second(1), Window::per_minute(20)];
@@ -49,7 +49,8 @@ mod tests {
     fn backlog_past_an_hour_is_refused_without_consuming() {
         let mut host = MemoryHost::new(0);
         // 20 per minute: 3,600 s of backlog is 1,200 tasks; the rest are refused.
-        let admitted = (0..1_300).filter(|_| !matches!(host.decide(decide, &req("a")), Ok(Decision::Reject { .. }))).count();
+        let admitted =
+            (0..1_300).filter(|_| !matches!(host.decide(decide, &req("a")), Ok(Decision::Reject { .. }))).count();
         assert_eq!(admitted, 1_201);
         host.advance(60_000);
         assert!(matches!(host.decide(decide, &req("a")), Ok(Decision::Queue { .. })));

@@ -2,7 +2,7 @@
 //! and refuses a task that would start more than 10 s out. Same code shape as
 //! `default`, with windows short enough for schedule tests to run in seconds.
 
-use limiter_wasm::{export_policy, Decision, Host, HostError, Request, Window};
+use limiter_wasm::{Decision, Host, HostError, Request, Window, export_policy};
 
 /// The test windows.
 pub const WINDOWS: [Window; 2] = [Window::new(1, 200), Window::new(5, 2_000)];

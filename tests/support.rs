@@ -1,0 +1,322 @@
+//! Helpers written once: a throwaway Redis, temp dirs, an in-process service, the real
+//! binary under a supervisor, and completion-log reading.
+
+#![allow(dead_code, reason = "each test module uses a different subset")]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+use sluice::config::Config;
+use sluice::worker::Worker;
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("sluice-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `redis-server` of our own on a unix socket, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self { child: None, dir: TempDir::new("redis") };
+        server.restart();
+        server
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Start (again) with AOF persistence in the same dir.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--dir"])
+            .arg(self.dir.path())
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/run)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Run a redis-cli command against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").arg("-s").arg(self.socket()).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where `just build-policies` puts the example policies.
+pub fn dist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/dist")
+}
+
+/// Where `just build-test-policies` puts the test-only policies.
+pub fn test_policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-policies")
+}
+
+/// Copy policy `name` from `from` into `to`.
+pub fn install_policy(from: &Path, name: &str, to: &Path) {
+    let src = from.join(format!("{name}.wasm"));
+    std::fs::copy(&src, to.join(format!("{name}.wasm")))
+        .unwrap_or_else(|e| panic!("{}: {e} (run `just build-policies build-test-policies`)", src.display()));
+}
+
+/// Environment for a service using `redis`, policy `policy` (copied into its own dir).
+pub fn env_for(redis: &RedisServer, dir: &TempDir, policy_src: &Path, policy: &str) -> HashMap<String, String> {
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    install_policy(policy_src, policy, &policies);
+    HashMap::from([
+        ("REDIS_URL".into(), redis.url()),
+        ("POLICY_DIR".into(), policies.display().to_string()),
+        ("POLICY".into(), policy.into()),
+        ("TASK_LOG".into(), dir.path().join("task_log.jsonl").display().to_string()),
+        ("LEASE_MS".into(), "1000".into()),
+    ])
+}
+
+/// A worker built in-process, driven through its router without a socket.
+pub struct Service {
+    pub worker: Worker,
+    pub app: axum::Router,
+    pub dir: TempDir,
+}
+
+impl Service {
+    pub async fn start(redis: &RedisServer, policy_src: &Path, policy: &str) -> Self {
+        let dir = TempDir::new("svc");
+        let env = env_for(redis, &dir, policy_src, policy);
+        Self::start_with(dir, env).await
+    }
+
+    /// A second worker on the same Redis, sharing this one's completion log.
+    pub async fn peer(&self, redis: &RedisServer, policy_src: &Path, policy: &str) -> Self {
+        let dir = TempDir::new("svc");
+        let mut env = env_for(redis, &dir, policy_src, policy);
+        env.insert("TASK_LOG".into(), self.log_path().display().to_string());
+        Self::start_with(dir, env).await
+    }
+
+    pub async fn start_with(dir: TempDir, env: HashMap<String, String>) -> Self {
+        let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
+        let worker = Worker::build(&config, 0).await.expect("worker builds");
+        worker.start_background();
+        let app = sluice::http::app(worker.state.clone());
+        Self { worker, app, dir }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.worker.runner.log.path().to_path_buf()
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    pub async fn post_task(&self, user: &str) -> (StatusCode, Value) {
+        self.post_json(&serde_json::json!({ "user_id": user }).to_string()).await
+    }
+
+    pub async fn post_json(&self, body: &str) -> (StatusCode, Value) {
+        let req = Request::post("/task").header("content-type", "application/json").body(Body::from(body.to_owned()));
+        self.send(req.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Request::get(path).body(Body::empty()).expect("request")).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let response = self.app.clone().oneshot(req).await.expect("router is infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.worker.cancel.cancel();
+    }
+}
+
+/// One completion-log line.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Completion {
+    pub user_id: String,
+    pub task_id: String,
+    pub started_at: i64,
+    pub completed_at: i64,
+}
+
+/// Every line of a completion log; panics on a torn or malformed line.
+pub fn read_log(path: &Path) -> Vec<Completion> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}"))).collect()
+}
+
+/// Poll until `f` returns `Some`, or panic after `timeout`.
+pub async fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The real `sluice` binary under its supervisor; killed on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl Spawned {
+    pub fn start(redis: &RedisServer, policy_src: &Path, policy: &str, workers: usize) -> Self {
+        let dir = TempDir::new("bin");
+        let port = free_port();
+        let mut env = env_for(redis, &dir, policy_src, policy);
+        env.insert("WORKERS".into(), workers.to_string());
+        env.insert("PORT".into(), port.to_string());
+        env.insert("BIND".into(), "127.0.0.1".into());
+        let log = std::fs::File::create(dir.path().join("sluice.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .envs(&env)
+            .env_remove("SLUICE_WORKER_ID")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        Self { child, port, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("task_log.jsonl")
+    }
+
+    /// Wait until `n` distinct worker pids answer `/healthz`.
+    pub async fn wait_for_workers(&self, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut pids = std::collections::BTreeSet::new();
+        while pids.len() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} workers answered:\n{}", pids.len(), self.output());
+            // A fresh connection each time, so SO_REUSEPORT spreads them over the workers.
+            let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+            if let Ok(r) = fresh.get(self.url("/healthz")).send().await
+                && let Ok(v) = r.json::<Value>().await
+            {
+                pids.insert(v["pid"].as_u64().expect("pid") as u32);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pids.into_iter().collect()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let workers = children_of(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in workers {
+            signal(pid, "KILL");
+        }
+    }
+}
+
+/// Send a signal with `kill(1)` (the test suite stays free of `unsafe`).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep").arg("-P").arg(pid.to_string()).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
