@@ -32,6 +32,28 @@ _build-wasm src out:
         echo "{{out}}/$name.wasm: $(stat -c %s "{{out}}/$name.wasm") bytes"
     done
 
+# Create policies/NAME from the template (5/s, paid 50/s), run its tests and build it to wasm
+new-policy NAME:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [[ "{{NAME}}" =~ ^[a-z0-9_-]{1,64}$ ]] || { echo "policy names are [a-z0-9_-]{1,64}"; exit 1; }
+    [ ! -e "policies/{{NAME}}" ] || { echo "policies/{{NAME}} already exists"; exit 1; }
+    mkdir -p "policies/{{NAME}}/src"
+    sed "s/NAME/{{NAME}}/g" limiter-wasm/template/Cargo.toml.tmpl > "policies/{{NAME}}/Cargo.toml"
+    sed "s/NAME/{{NAME}}/g" limiter-wasm/template/lib.rs.tmpl > "policies/{{NAME}}/src/lib.rs"
+    cargo test --quiet -p "policy-{{NAME}}"
+    just build-policies
+    echo "policies/{{NAME}} created; edit policies/{{NAME}}/src/lib.rs, then just build-policies"
+
+# Check that `just new-policy` yields a crate that tests and builds (creates and removes a scratch policy)
+test-new-policy:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    name="zz-template-check"
+    trap 'rm -rf "policies/$name" "{{dist}}/$name.wasm"' EXIT
+    just new-policy "$name"
+    test -s "{{dist}}/$name.wasm"
+
 # Build the policies and the release binary
 build: build-policies
     cargo build --release -p sluice
@@ -57,8 +79,15 @@ run: build
 stop-redis:
     -redis-cli -s "{{var}}/redis.sock" shutdown
 
-# Format check, lints, policies, then every test (unit, policy, integration with real Redis)
+# Format check, lints, policies, then every test (unit, policy, integration with real Redis, heavy ones alone)
 test: build-policies build-test-policies
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
     cargo test --workspace
+    cargo test -p sluice --test integration -- --ignored --test-threads 1
+    just test-new-policy
+
+# Benchmark a release build on this machine: throughput, latency by outcome, Redis and CPU cost, memory, queue lateness, micro-benchmarks
+bench: build
+    cargo run --release --quiet -p sluice-bench
+    cargo bench -p sluice --bench policy

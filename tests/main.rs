@@ -3,6 +3,9 @@
 //! Policies come from `just build-policies` / `just build-test-policies`.
 
 mod api;
+mod cases;
+mod reliability;
+mod sandbox;
 mod schedule;
 mod supervisor;
 mod support;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::support::{Completion, RedisServer, Service, dist_dir, eventually, read_log, test_policy_dir};
 
-/// Lateness allowed between `run_at` and the real start.
-const ON_TIME_MS: i64 = 60;
+/// Lateness allowed between `run_at` and the real start: the promise is 100 ms; tests
+/// run in parallel on 2 cores, and this is what they hold to even then.
+const ON_TIME_MS: i64 = 100;
 
 /// Check that sorted starts keep both windows of the short-window policy.
 fn assert_windows(starts: &[i64], (per1, w1): (usize, i64), (per2, w2): (usize, i64)) {

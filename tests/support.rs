@@ -234,13 +234,26 @@ pub struct Spawned {
     pub child: Child,
     pub port: u16,
     pub dir: TempDir,
+    pub task_log: PathBuf,
 }
 
 impl Spawned {
     pub fn start(redis: &RedisServer, policy_src: &Path, policy: &str, workers: usize) -> Self {
+        Self::start_with(redis, policy_src, policy, workers, &[])
+    }
+
+    /// Start with extra environment variables (they override the defaults).
+    pub fn start_with(
+        redis: &RedisServer,
+        policy_src: &Path,
+        policy: &str,
+        workers: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let dir = TempDir::new("bin");
         let port = free_port();
         let mut env = env_for(redis, &dir, policy_src, policy);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.insert("WORKERS".into(), workers.to_string());
         env.insert("PORT".into(), port.to_string());
         env.insert("BIND".into(), "127.0.0.1".into());
@@ -254,7 +267,7 @@ impl Spawned {
             .stderr(log)
             .spawn()
             .expect("spawn sluice");
-        Self { child, port, dir }
+        Self { child, port, dir, task_log: env["TASK_LOG"].clone().into() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -266,7 +279,17 @@ impl Spawned {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("task_log.jsonl")
+        self.task_log.clone()
+    }
+
+    /// Kill the supervisor and every worker at once, as a machine crash would.
+    pub fn kill_everything(&mut self) {
+        let workers = children_of(self.child.id());
+        signal(self.child.id(), "KILL");
+        for pid in workers {
+            signal(pid, "KILL");
+        }
+        let _ = self.child.wait();
     }
 
     /// Wait until `n` distinct worker pids answer `/healthz`.

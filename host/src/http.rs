@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod handlers;
+pub mod serve;
 
 use axum::Router;
 use axum::http::HeaderValue;

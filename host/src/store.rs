@@ -54,6 +54,10 @@ pub struct SlotRule {
     pub max_delay_ms: Option<u64>,
     /// Do not start before this unix ms.
     pub not_before_ms: i64,
+    /// A token bucket: (interval ms, burst), checked with GCRA.
+    pub bucket: Option<(u64, u64)>,
+    /// Decide as if Redis's clock read this (tests of the scripts); `None` in service.
+    pub now_ms: Option<i64>,
 }
 
 /// The answer of [`Store::reserve`].
@@ -129,10 +133,13 @@ impl Store {
         inv.key(keys::starts(&task.user_id))
             .key(keys::task(&task.task_id))
             .key(keys::due(shard))
-            .key(keys::lease(shard));
+            .key(keys::lease(shard))
+            .key(keys::bucket(&task.user_id));
         inv.arg(&task.task_id).arg(&task.user_id).arg(&task.payload).arg(shard);
         inv.arg(rule.max_delay_ms.map_or(-1, |d| d as i64)).arg(rule.not_before_ms);
-        inv.arg(lease.as_millis() as u64).arg(owner).arg(rule.windows.len());
+        inv.arg(lease.as_millis() as u64).arg(owner).arg(rule.now_ms.unwrap_or(0));
+        let (interval, burst) = rule.bucket.unwrap_or((0, 1));
+        inv.arg(interval).arg(burst).arg(rule.windows.len());
         for (limit, window_ms) in &rule.windows {
             inv.arg(*limit).arg(*window_ms);
         }

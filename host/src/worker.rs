@@ -97,9 +97,7 @@ pub async fn run(config: Config, worker_id: usize, supervised: bool) -> anyhow::
     worker.start_background();
     tokio::spawn(stop_on_signal(worker.cancel.clone(), supervised));
     let app = http::app(worker.state.clone());
-    let cancel = worker.cancel.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
-    let serve = tokio::spawn(async move { serve.await });
+    let serve = tokio::spawn(http::serve::serve(listener, app, worker.cancel.clone()));
     worker.cancel.cancelled().await;
     tracing::info!("shutting down: finishing in-flight requests and running tasks");
     let tracker = worker.state.tracker.clone();

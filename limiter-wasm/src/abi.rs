@@ -16,6 +16,7 @@
 //! | import                | signature                                                              |
 //! |-----------------------|------------------------------------------------------------------------|
 //! | [`IMPORT_RESERVE`]    | `(windows_ptr: i32, windows_len: i32, max_delay_ms: i64, out_ptr: i32) -> i32` |
+//! | [`IMPORT_RESERVE_BUCKET`] | `(interval_ms: i64, burst: i64, max_delay_ms: i64, out_ptr: i32) -> i32` |
 //! | [`IMPORT_NOW_MS`]     | `() -> i64`                                                            |
 //! | [`IMPORT_LOG`]        | `(level: i32, ptr: i32, len: i32)`                                     |
 //!
@@ -23,7 +24,7 @@
 //! 1. The host calls `sluice_alloc(len)` and writes the request record (below) into the
 //!    returned buffer. The guest owns the buffer; the host never frees it.
 //! 2. The host calls `sluice_decide(ptr, len)`. During the call the guest may call the
-//!    host functions. `reserve` may be called at most once per decision.
+//!    host functions. One reservation (`reserve` or `reserve_bucket`) per decision.
 //! 3. `sluice_decide` returns a pointer to the decision record (below), owned by the
 //!    guest and valid until the next call into the guest.
 //!
@@ -58,7 +59,12 @@
 //! now`) or queue until `slot`; a reject or a trap after a reservation makes the host
 //! cancel it, so a task is never half-stored.
 //!
-//! ## Return codes of `reserve`
+//! ## `reserve_bucket`: the same, with a token bucket
+//! Like `reserve`, but the start must conform to a token bucket checked with GCRA: up to
+//! `burst` starts at once, refilled one per `interval_ms` (`1 <= interval_ms <=
+//! MAX_WINDOW_MS`, `1 <= burst <= MAX_LIMIT`). Same output record and return codes.
+//!
+//! ## Return codes of `reserve` and `reserve_bucket`
 //! `>= 0` is a result ([`RESERVE_RESERVED`], [`RESERVE_TOO_FAR`]); `< 0` an error the
 //! policy made ([`ERR_BAD_POINTER`], [`ERR_BAD_WINDOW`], [`ERR_ALREADY_RESERVED`]).
 //! Infrastructure failures (Redis down) never reach the guest: the host aborts the
@@ -77,6 +83,8 @@ pub const ABI_VERSION: u32 = 1;
 pub const IMPORT_MODULE: &str = "sluice";
 /// Host function: the atomic multi-window check-and-reserve.
 pub const IMPORT_RESERVE: &str = "reserve";
+/// Host function: the atomic token-bucket (GCRA) check-and-reserve.
+pub const IMPORT_RESERVE_BUCKET: &str = "reserve_bucket";
 /// Host function: unix milliseconds by the host's Redis-aligned clock.
 pub const IMPORT_NOW_MS: &str = "now_ms";
 /// Host function: write a log line attributed to the policy.
@@ -128,7 +136,7 @@ pub const MAX_DELAY_MS: u64 = 86_400_000;
 /// Longest reason or log message the host reads.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Fuel granted to one decision.
-pub const FUEL_PER_DECISION: u64 = 10_000_000;
+pub const FUEL_PER_DECISION: u64 = 1_000_000;
 /// Largest linear memory of a policy instance.
 pub const MAX_MEMORY_BYTES: usize = 16 << 20;
 

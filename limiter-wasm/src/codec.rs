@@ -59,6 +59,14 @@ pub fn decode_windows(bytes: &[u8], max_delay_ms: i64) -> Result<Vec<Window>, i3
     if windows.iter().all(valid) { Ok(windows) } else { Err(crate::abi::ERR_BAD_WINDOW) }
 }
 
+/// Validate a token bucket and a maximum delay as the host must before using them.
+pub fn validate_bucket(interval_ms: i64, burst: i64, max_delay_ms: i64) -> Result<(), i32> {
+    let ok = (1..=MAX_WINDOW_MS as i64).contains(&interval_ms)
+        && (1..=MAX_LIMIT as i64).contains(&burst)
+        && (0..=MAX_DELAY_MS as i64).contains(&max_delay_ms);
+    if ok { Ok(()) } else { Err(crate::abi::ERR_BAD_WINDOW) }
+}
+
 /// The decision record's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecisionRecord {

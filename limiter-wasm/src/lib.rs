@@ -13,7 +13,7 @@ mod sys;
 pub mod testing;
 mod types;
 
-pub use types::{Decision, HostError, Level, Request, Reservation, Window};
+pub use types::{Bucket, Decision, HostError, Level, Request, Reservation, Window};
 
 /// What a policy may ask of its host. The Sluice host implements it over Redis; the
 /// [`testing::MemoryHost`] double implements it in memory.
@@ -21,6 +21,9 @@ pub trait Host {
     /// Atomically reserve the earliest start for the current task that keeps every
     /// window, unless that start is more than `max_delay_ms` away (see [`abi`]).
     fn reserve(&mut self, windows: &[Window], max_delay_ms: u64) -> Result<Reservation, HostError>;
+    /// Atomically reserve the earliest start the token bucket allows (GCRA), unless it
+    /// is more than `max_delay_ms` away (see [`abi`]).
+    fn reserve_bucket(&mut self, bucket: Bucket, max_delay_ms: u64) -> Result<Reservation, HostError>;
     /// Unix milliseconds by the host's clock.
     fn now_ms(&self) -> i64;
     /// Write a log line attributed to the policy.

@@ -6,7 +6,7 @@ use crate::abi::{
     RESERVE_TOO_FAR,
 };
 use crate::codec::{DecisionRecord, decode_request, encode_windows};
-use crate::{Decision, Host, HostError, Level, Request, Reservation, Window};
+use crate::{Bucket, Decision, Host, HostError, Level, Request, Reservation, Window};
 use std::cell::RefCell;
 
 // The module and names must equal abi::IMPORT_MODULE / IMPORT_*; attributes need literals.
@@ -14,6 +14,8 @@ use std::cell::RefCell;
 unsafe extern "C" {
     #[link_name = "reserve"]
     fn host_reserve(windows_ptr: *const u8, windows_len: i32, max_delay_ms: i64, out_ptr: *mut u8) -> i32;
+    #[link_name = "reserve_bucket"]
+    fn host_reserve_bucket(interval_ms: i64, burst: i64, max_delay_ms: i64, out_ptr: *mut u8) -> i32;
     #[link_name = "now_ms"]
     fn host_now_ms() -> i64;
     #[link_name = "log"]
@@ -65,6 +67,16 @@ where
     })
 }
 
+fn reservation(code: i32, out: &[u8; RESERVATION_SIZE], max_delay_ms: u64) -> Result<Reservation, HostError> {
+    let slot_ms = i64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
+    let now_ms = i64::from_le_bytes(out[8..].try_into().expect("8 bytes"));
+    match code {
+        RESERVE_RESERVED => Ok(Reservation::Reserved { slot_ms, now_ms }),
+        RESERVE_TOO_FAR => Ok(Reservation::TooFar { slot_ms, now_ms, max_delay_ms }),
+        err => Err(HostError::from_code(err)),
+    }
+}
+
 /// The real host, reached through the imports.
 #[derive(Debug)]
 pub struct WasmHost;
@@ -77,13 +89,16 @@ impl Host for WasmHost {
         // SAFETY: both pointers are to live buffers of the lengths passed; the host only
         // reads `encoded` and writes RESERVATION_SIZE bytes to `out`.
         let code = unsafe { host_reserve(encoded.as_ptr(), windows.len() as i32, max_delay, out.as_mut_ptr()) };
-        let slot_ms = i64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
-        let now_ms = i64::from_le_bytes(out[8..].try_into().expect("8 bytes"));
-        match code {
-            RESERVE_RESERVED => Ok(Reservation::Reserved { slot_ms, now_ms }),
-            RESERVE_TOO_FAR => Ok(Reservation::TooFar { slot_ms, now_ms, max_delay_ms }),
-            err => Err(HostError::from_code(err)),
-        }
+        reservation(code, &out, max_delay_ms)
+    }
+
+    fn reserve_bucket(&mut self, bucket: Bucket, max_delay_ms: u64) -> Result<Reservation, HostError> {
+        let mut out = [0u8; RESERVATION_SIZE];
+        let (interval, burst) = (bucket.interval_ms as i64, bucket.burst as i64);
+        let max_delay = i64::try_from(max_delay_ms).unwrap_or(i64::MAX);
+        // SAFETY: `out` is a live buffer of RESERVATION_SIZE bytes, all the host writes.
+        let code = unsafe { host_reserve_bucket(interval, burst, max_delay, out.as_mut_ptr()) };
+        reservation(code, &out, max_delay_ms)
     }
 
     fn now_ms(&self) -> i64 {

@@ -37,6 +37,22 @@ impl Window {
     }
 }
 
+/// A token bucket: up to `burst` starts at once, refilled one per `interval_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Milliseconds to refill one start.
+    pub interval_ms: u64,
+    /// Starts allowed at once.
+    pub burst: u64,
+}
+
+impl Bucket {
+    /// A bucket of `burst` refilled one start per `interval_ms`.
+    pub const fn new(interval_ms: u64, burst: u64) -> Self {
+        Self { interval_ms, burst }
+    }
+}
+
 /// The answer of [`crate::Host::reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {

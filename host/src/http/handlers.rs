@@ -196,4 +196,22 @@ mod tests {
         let ok = format!(r#"{{"user_id":"a","payload":{}"[[\\"{}}}"#, "[".repeat(64), "]".repeat(64));
         assert!(parse_submission(ok.as_bytes()).is_ok(), "brackets in strings do not count");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_to_a_submission_or_a_4xx(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Err(e) = parse_submission(&body) {
+                proptest::prop_assert!(e.into_response().status().is_client_error());
+            }
+        }
+
+        #[test]
+        fn any_user_id_is_accepted_or_refused_with_422(user in "\\PC{0,140}|[\\x00-\\x1f]{1,3}") {
+            let body = serde_json::json!({ "user_id": user }).to_string();
+            match parse_submission(body.as_bytes()) {
+                Ok(sub) => proptest::prop_assert_eq!(sub.user_id.as_str(), user.as_str()),
+                Err(e) => proptest::prop_assert_eq!(e.into_response().status().as_u16(), 422),
+            }
+        }
+    }
 }

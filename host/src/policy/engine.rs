@@ -78,7 +78,7 @@ impl Engine {
 
 fn check_imports(module: &Module) -> Result<(), String> {
     for import in module.imports() {
-        let known = [abi::IMPORT_RESERVE, abi::IMPORT_NOW_MS, abi::IMPORT_LOG];
+        let known = [abi::IMPORT_RESERVE, abi::IMPORT_RESERVE_BUCKET, abi::IMPORT_NOW_MS, abi::IMPORT_LOG];
         if import.module() != abi::IMPORT_MODULE || !known.contains(&import.name()) {
             return Err(format!("imports {}::{}, which the host does not provide", import.module(), import.name()));
         }
@@ -180,6 +180,19 @@ impl Policy {
             }
             Err(error) => Err(Failure { error, reserved }),
         }
+    }
+
+    /// Decide with the host functions answered in memory (no Redis; `reserve` pretends
+    /// to queue a second out): the wasm and host-call cost of a decision, for benchmarks.
+    pub async fn dry_run(&self, request: &[u8]) -> Result<Verdict, PolicyError> {
+        let pooled = self.pool.lock().expect("policy pool lock poisoned").pop();
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => self.instantiate().await?,
+        };
+        let verdict = self.run(&mut instance, None, request).await?;
+        self.pool.lock().expect("policy pool lock poisoned").push(instance);
+        Ok(verdict)
     }
 
     async fn run(

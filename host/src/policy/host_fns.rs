@@ -3,7 +3,7 @@
 //! a hostile pointer or length becomes an error code, never a host fault.
 
 use limiter_wasm::abi::{self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, MAX_REASON_LEN, RESERVATION_SIZE, WINDOW_SIZE};
-use limiter_wasm::codec::decode_windows;
+use limiter_wasm::codec::{decode_windows, validate_bucket};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Caller, Linker, Memory, StoreLimits};
@@ -50,6 +50,13 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Box::new(async move { reserve(&mut caller, w_ptr, w_len, max_delay, out_ptr).await })
         },
     )?;
+    linker.func_wrap_async(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_RESERVE_BUCKET,
+        |mut caller: Caller<'_, HostState>, (interval, burst, max_delay, out_ptr): (i64, i64, i64, i32)| {
+            Box::new(async move { reserve_bucket(&mut caller, interval, burst, max_delay, out_ptr).await })
+        },
+    )?;
     linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_NOW_MS, |caller: Caller<'_, HostState>| {
         caller.data().call.as_ref().map_or_else(local_ms, |c| c.clock.now_ms())
     })?;
@@ -90,14 +97,40 @@ async fn reserve(
         Ok(w) => w,
         Err(code) => return Ok(code),
     };
-    if caller.data().reserved.is_some() {
-        return Ok(ERR_ALREADY_RESERVED);
-    }
     let rule = SlotRule {
         windows: windows.iter().map(|w| (w.limit, w.window_ms)).collect(),
         max_delay_ms: Some(max_delay as u64),
-        not_before_ms: 0,
+        ..SlotRule::default()
     };
+    take(caller, rule, out_ptr).await
+}
+
+async fn reserve_bucket(
+    caller: &mut Caller<'_, HostState>,
+    interval: i64,
+    burst: i64,
+    max_delay: i64,
+    out_ptr: i32,
+) -> wasmtime::Result<i32> {
+    if guest_bytes(caller, out_ptr, RESERVATION_SIZE).is_none() {
+        return Ok(ERR_BAD_POINTER);
+    }
+    if let Err(code) = validate_bucket(interval, burst, max_delay) {
+        return Ok(code);
+    }
+    let rule = SlotRule {
+        bucket: Some((interval as u64, burst as u64)),
+        max_delay_ms: Some(max_delay as u64),
+        ..SlotRule::default()
+    };
+    take(caller, rule, out_ptr).await
+}
+
+/// The shared end of both reservations: one per decision, then Redis, then the answer.
+async fn take(caller: &mut Caller<'_, HostState>, rule: SlotRule, out_ptr: i32) -> wasmtime::Result<i32> {
+    if caller.data().reserved.is_some() {
+        return Ok(ERR_ALREADY_RESERVED);
+    }
     let outcome = match caller.data().call.clone() {
         Some(call) => call.store.reserve(&call.task, &rule, call.lease, &call.owner).await,
         None => Ok(Reserved::Queued { slot_ms: local_ms() + 1_000, now_ms: local_ms() }),
@@ -140,4 +173,54 @@ fn write_guest(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> wa
     let memory = memory(caller).ok_or_else(|| wasmtime::Error::msg("policy exports no memory"))?;
     let start = u32::try_from(ptr).map_err(|_| wasmtime::Error::msg("negative pointer"))? as usize;
     memory.write(&mut *caller, start, bytes).map_err(|e| wasmtime::Error::msg(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Engine, Module, Store, StoreLimitsBuilder};
+
+    /// A guest that hands its arguments straight to `reserve`.
+    const PROBE: &str = r#"(module
+        (import "sluice" "reserve" (func $r (param i32 i32 i64 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "probe") (param i32 i32 i64 i32) (result i32)
+            (call $r (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"#;
+
+    fn probe() -> impl FnMut(i32, i32, i64, i32) -> i32 {
+        let engine = Engine::default();
+        let mut linker = Linker::new(&engine);
+        define(&mut linker).expect("host functions");
+        let module = Module::new(&engine, wat::parse_str(PROBE).expect("wat")).expect("module");
+        let limits = StoreLimitsBuilder::new().build();
+        let state = HostState { limits, policy: "probe".into(), call: None, reserved: None, failure: None };
+        let mut store = Store::new(&engine, state);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let instance = runtime.block_on(linker.instantiate_async(&mut store, &module)).expect("instance");
+        let func = instance.get_typed_func::<(i32, i32, i64, i32), i32>(&mut store, "probe").expect("probe");
+        move |a, b, c, d| {
+            store.data_mut().reserved = None;
+            runtime.block_on(func.call_async(&mut store, (a, b, c, d))).expect("reserve never traps on bad input")
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_arguments_get_error_codes_never_a_fault(
+            ptr in proptest::num::i32::ANY, count in -2i32..20, delay in proptest::num::i64::ANY, out in proptest::num::i32::ANY,
+        ) {
+            let code = probe()(ptr, count, delay, out);
+            proptest::prop_assert!([abi::ERR_BAD_POINTER, abi::ERR_BAD_WINDOW, abi::RESERVE_RESERVED, abi::RESERVE_TOO_FAR].contains(&code), "code {}", code);
+        }
+    }
+
+    #[test]
+    fn in_bounds_zero_windows_reserve_and_a_second_reserve_is_refused() {
+        let mut call = probe();
+        // Memory is zeroed: one window of limit 0 is invalid; zero windows are fine.
+        assert_eq!(call(0, 1, 0, 64), abi::ERR_BAD_WINDOW);
+        assert_eq!(call(0, 0, 1_000, 64), abi::RESERVE_RESERVED);
+        assert_eq!(call(65_536 - 8, 0, 0, 65_536 - 16), abi::RESERVE_RESERVED);
+        assert_eq!(call(0, 0, 0, 65_536 - 15), abi::ERR_BAD_POINTER);
+    }
 }

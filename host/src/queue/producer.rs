@@ -109,7 +109,7 @@ impl Producer {
 
     /// Store a task the policy admitted or queued without reserving.
     async fn store_at(&self, task: &NewTask, not_before_ms: i64) -> Result<Reserved, PolicyError> {
-        let rule = SlotRule { windows: Vec::new(), max_delay_ms: None, not_before_ms };
+        let rule = SlotRule { not_before_ms, ..SlotRule::default() };
         let store = &self.runner.store;
         Ok(store.reserve(task, &rule, self.runner.lease, &self.runner.owner).await?)
     }

@@ -14,6 +14,11 @@ pub fn starts(user: &str) -> String {
     format!("{PREFIX}:{{{user}}}:starts")
 }
 
+/// A user's token-bucket theoretical arrival time (string, ms).
+pub fn bucket(user: &str) -> String {
+    format!("{PREFIX}:{{{user}}}:tat")
+}
+
 /// A task's record (hash).
 pub fn task(task_id: &str) -> String {
     format!("{TASK_PREFIX}{{{task_id}}}")

@@ -1,6 +1,7 @@
 -- Undo a reservation whose decision was not kept (the policy rejected or trapped after
 -- reserving): forget the start and the task. Freeing the slot can only make later
--- reservations conservative, never over-admit.
+-- reservations conservative, never over-admit. (A bucket's TAT is left advanced: also
+-- conservative.)
 -- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] due shard, KEYS[4] lease shard
 -- ARGV[1] task id
 -- Returns 1.

@@ -1,25 +1,38 @@
 -- Reserve the earliest start for one task of one user and store the task, atomically.
 -- The start ("slot") is the earliest time >= now (and >= not-before) at which every
--- window holds fewer than `limit` of the user's starts and no earlier-reserved task of
--- the user starts later (FIFO). With no windows, the slot is max(now, not-before).
+-- window holds fewer than `limit` of the user's starts, no earlier-reserved task of
+-- the user starts later (FIFO), and, with a bucket, the GCRA allows it: the bucket's
+-- theoretical arrival time (TAT) minus (burst - 1) intervals. With no windows and no
+-- bucket, the slot is max(now, not-before).
 -- KEYS[1] the user's reserved starts (zset: task id -> start ms)
 -- KEYS[2] the task (hash)
 -- KEYS[3] the due index shard of the user (zset: task id -> run-at ms)
 -- KEYS[4] the lease shard of the user (zset: task id -> lease expiry ms)
+-- KEYS[5] the user's bucket TAT (string, ms)
 -- ARGV[1] task id, ARGV[2] user id, ARGV[3] payload JSON, ARGV[4] shard number
 -- ARGV[5] max delay ms (-1: unbounded), ARGV[6] not-before ms (0: none)
--- ARGV[7] lease ms, ARGV[8] lease owner, ARGV[9] window count n
--- ARGV[10..9+2n] pairs of limit, window ms
+-- ARGV[7] lease ms, ARGV[8] lease owner, ARGV[9] now ms (0: Redis TIME; tests set it)
+-- ARGV[10] bucket interval ms (0: no bucket), ARGV[11] bucket burst
+-- ARGV[12] window count n, ARGV[13..12+2n] pairs of limit, window ms
 -- Returns {status, slot ms, now ms}: status 0 = too far (nothing written),
 -- 1 = admitted (task leased to the owner, state running), 2 = queued.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[9])
+local now = tonumber(ARGV[9])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local n = tonumber(ARGV[12])
 local slot = math.max(now, tonumber(ARGV[6]))
+local interval, burst = tonumber(ARGV[10]), tonumber(ARGV[11])
+local tat = now
+if interval > 0 then
+  tat = math.max(now, tonumber(redis.call('GET', KEYS[5]) or '0'))
+  slot = math.max(slot, tat - (burst - 1) * interval)
+end
 
 local max_window = 0
 for i = 0, n - 1 do
-  max_window = math.max(max_window, tonumber(ARGV[11 + 2 * i]))
+  max_window = math.max(max_window, tonumber(ARGV[14 + 2 * i]))
 end
 if n > 0 then
   -- Starts that left the longest window can no longer constrain a slot >= now.
@@ -27,9 +40,9 @@ if n > 0 then
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if last[2] then slot = math.max(slot, tonumber(last[2])) end
   for i = 0, n - 1 do
-    local limit = tonumber(ARGV[10 + 2 * i])
+    local limit = tonumber(ARGV[13 + 2 * i])
     local nth = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')
-    if nth[2] then slot = math.max(slot, tonumber(nth[2]) + tonumber(ARGV[11 + 2 * i])) end
+    if nth[2] then slot = math.max(slot, tonumber(nth[2]) + tonumber(ARGV[14 + 2 * i])) end
   end
 end
 
@@ -41,6 +54,10 @@ end
 if n > 0 then
   redis.call('ZADD', KEYS[1], slot, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], slot - now + max_window)
+end
+if interval > 0 then
+  local new_tat = math.max(tat, slot) + interval
+  redis.call('SET', KEYS[5], new_tat, 'PX', new_tat - now)
 end
 local admitted = slot <= now
 redis.call('HSET', KEYS[2], 'user_id', ARGV[2], 'payload', ARGV[3], 'shard', ARGV[4],

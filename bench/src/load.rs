@@ -1,0 +1,122 @@
+//! The load generator: N keep-alive HTTP/1.1 connections on one thread, each sending
+//! `POST /task` for a random user of a fixed population, closed-loop (as fast as answers
+//! come) or paced to a target rate. Latencies are kept per status code.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// What one load phase measured.
+#[derive(Debug, Default)]
+pub struct Phase {
+    /// Answers by status code, each a list of latencies in microseconds.
+    pub latencies: BTreeMap<u16, Vec<u32>>,
+    /// Requests that failed at the connection level.
+    pub errors: u64,
+    /// Wall time of the phase.
+    pub elapsed: Duration,
+    /// `task_id -> run_at` of every 202, when asked to keep them.
+    pub queued: Vec<(String, i64)>,
+}
+
+impl Phase {
+    /// Answers received.
+    pub fn total(&self) -> usize {
+        self.latencies.values().map(Vec::len).sum()
+    }
+}
+
+/// Options of one phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub port: u16,
+    pub connections: usize,
+    pub users: u64,
+    pub duration: Duration,
+    /// Requests per second in all, or `None` for as fast as possible.
+    pub rate: Option<f64>,
+    /// Stop after this many requests in all.
+    pub max_requests: Option<u64>,
+    /// Keep `task_id -> run_at` of queued answers.
+    pub keep_queued: bool,
+    pub seed: u64,
+}
+
+/// Run one phase.
+pub async fn run(load: Load) -> anyhow::Result<Phase> {
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let per_conn_budget = load.max_requests.map(|m| m.div_ceil(load.connections as u64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in 0..load.connections {
+        let seed = load.seed.wrapping_add(conn as u64 * 0x9e37_79b9_7f4a_7c15);
+        tasks.spawn_local(connection(load, seed, deadline, per_conn_budget));
+    }
+    let mut phase = Phase::default();
+    while let Some(result) = tasks.join_next().await {
+        let part = result??;
+        for (status, mut lat) in part.latencies {
+            phase.latencies.entry(status).or_default().append(&mut lat);
+        }
+        phase.errors += part.errors;
+        phase.queued.extend(part.queued);
+    }
+    phase.elapsed = started.elapsed();
+    Ok(phase)
+}
+
+async fn connection(load: Load, mut seed: u64, deadline: Instant, budget: Option<u64>) -> anyhow::Result<Phase> {
+    let stream = TcpStream::connect(("127.0.0.1", load.port)).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::task::spawn_local(conn);
+    let interval = load.rate.map(|r| Duration::from_secs_f64(load.connections as f64 / r));
+    let mut next = Instant::now();
+    let mut phase = Phase::default();
+    let mut sent = 0u64;
+    while Instant::now() < deadline && budget.is_none_or(|b| sent < b) {
+        if let Some(every) = interval {
+            tokio::time::sleep_until(next.into()).await;
+            next += every;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let body = format!(r#"{{"user_id":"user-{}"}}"#, seed % load.users);
+        let req = hyper::Request::post("/task")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let t0 = Instant::now();
+        sent += 1;
+        let response = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(_) => {
+                phase.errors += 1;
+                break;
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        phase.latencies.entry(status).or_default().push(t0.elapsed().as_micros() as u32);
+        if load.keep_queued && status == 202 {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            if let (Some(id), Some(at)) = (v["task_id"].as_str(), v["run_at"].as_i64()) {
+                phase.queued.push((id.to_owned(), at));
+            }
+        }
+    }
+    Ok(phase)
+}
+
+/// The `q`-quantile (0..=1) of unsorted microsecond samples, in milliseconds.
+pub fn quantile_ms(samples: &mut [u32], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_unstable();
+    let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    f64::from(samples[idx]) / 1000.0
+}

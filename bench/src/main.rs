@@ -1,0 +1,240 @@
+//! `just bench`: a release Sluice (`WORKERS` = cores) and its own Redis on this machine,
+//! driven by the in-process load generator. Prints a table and writes the figures to
+//! `bench-results/<unix time>.json`. Runs several measured rounds and reports each and
+//! the median, since machines here are shared and noisy.
+
+mod load;
+mod procs;
+
+use anyhow::Context;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use load::{Load, Phase, quantile_ms};
+use procs::{Redis, Sluice, cpu_seconds, status_kib};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let runs: usize = env_or("BENCH_RUNS", 3);
+    let secs: u64 = env_or("BENCH_SECS", 10);
+    let users: u64 = env_or("BENCH_USERS", 10_000);
+    let connections: usize = env_or("BENCH_CONNECTIONS", 50);
+    let backlog: u64 = env_or("BENCH_BACKLOG", 100_000);
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join("target/release/sluice");
+    let policies = root.join("policies/dist");
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(scratch.join("a"))?;
+    std::fs::create_dir_all(scratch.join("b"))?;
+
+    println!("throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}");
+    let redis = Redis::start(&scratch.join("a"))?;
+    let sluice = Sluice::start(&binary, &redis, &scratch.join("a"), &policies, workers)?;
+    let base = Load {
+        port: sluice.port,
+        connections,
+        users,
+        duration: Duration::from_secs(3),
+        rate: None,
+        max_requests: None,
+        keep_queued: false,
+        seed: 1,
+    };
+    load::run(base).await?; // warm-up
+    let mut rounds = Vec::new();
+    for round in 0..runs {
+        let pids = sluice.workers();
+        let (cmds0, cpu0, rcpu0) =
+            (redis.commands()?, pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(), cpu_seconds(redis.pid()));
+        let mut phase = load::run(Load { duration: Duration::from_secs(secs), seed: 7 + round as u64, ..base }).await?;
+        let (cmds1, cpu1, rcpu1) =
+            (redis.commands()?, pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(), cpu_seconds(redis.pid()));
+        let n = phase.total() as f64;
+        let mut summary = latency_summary(&mut phase);
+        summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
+        summary["redis_commands_per_request"] = json!(round2((cmds1 - cmds0) as f64 / n));
+        summary["sluice_cpu_s_per_1000"] = json!(round3((cpu1 - cpu0) / n * 1000.0));
+        summary["redis_cpu_s_per_1000"] = json!(round3((rcpu1 - rcpu0) / n * 1000.0));
+        println!("  round {}: {}", round + 1, summary);
+        rounds.push(summary);
+    }
+    let median = median_by(&rounds, "rps");
+    let peak_rps = median["rps"].as_f64().unwrap_or(0.0);
+    let mut half =
+        load::run(Load { duration: Duration::from_secs(secs), rate: Some(peak_rps / 2.0), seed: 99, ..base }).await?;
+    let half_summary = latency_summary(&mut half);
+    println!("  at half of peak ({:.0} req/s): {half_summary}", peak_rps / 2.0);
+    let peak_rss_kib: Vec<u64> = sluice.workers().iter().map(|p| status_kib(*p, "VmHWM")).collect();
+    drop(sluice);
+    drop(redis);
+
+    println!("queue: {backlog} tasks over {users} users, then drain");
+    let queue = queue_phase(&binary, &policies, &scratch.join("b"), workers, users, backlog, connections).await?;
+    println!("  {queue}");
+    std::fs::remove_dir_all(&scratch).ok();
+
+    let report = json!({
+        "machine": { "cores": workers, "note": "load generator, Redis and Sluice share the machine" },
+        "command": "just bench",
+        "throughput_rounds": rounds,
+        "throughput_median": median,
+        "half_peak": half_summary,
+        "peak_rss_mib_per_worker": peak_rss_kib.iter().map(|k| round2(*k as f64 / 1024.0)).collect::<Vec<_>>(),
+        "queue": queue,
+    });
+    print_table(&report);
+    let out_dir = root.join("bench-results");
+    std::fs::create_dir_all(&out_dir)?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let out = out_dir.join(format!("{stamp}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?).context("writing results")?;
+    println!("figures written to {}", out.display());
+    Ok(())
+}
+
+/// Fill a fresh Sluice with `backlog` tasks, wait for the queue to drain, report lateness
+/// of the queued ones and worker memory along the way.
+async fn queue_phase(
+    binary: &std::path::Path,
+    policies: &std::path::Path,
+    dir: &std::path::Path,
+    workers: usize,
+    users: u64,
+    backlog: u64,
+    connections: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let redis = Redis::start(dir)?;
+    let sluice = Sluice::start(binary, &redis, dir, policies, workers)?;
+    let pids = sluice.workers();
+    let rss_start: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS")).sum();
+    let fill = Load {
+        port: sluice.port,
+        connections,
+        users,
+        duration: Duration::from_secs(600),
+        rate: None,
+        max_requests: Some(backlog),
+        keep_queued: true,
+        seed: 4242,
+    };
+    let filled = load::run(fill).await?;
+    let queued: HashMap<String, i64> = filled.queued.into_iter().collect();
+    let total = filled.latencies.values().map(Vec::len).sum::<usize>();
+    let filled_at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let backlog_span_s = (queued.values().copied().max().unwrap_or(filled_at_ms) - filled_at_ms).max(0) as f64 / 1000.0;
+    let mut rss_max = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        rss_max = rss_max.max(pids.iter().map(|p| status_kib(*p, "VmRSS")).sum());
+        let lines = std::fs::read_to_string(&sluice.task_log).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let text = std::fs::read_to_string(&sluice.task_log)?;
+    let mut lateness: Vec<u32> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some(v["started_at"].as_i64()? - queued.get(v["task_id"].as_str()?)?))
+        .map(|late| (late.max(0) * 1000) as u32)
+        .collect();
+    let ran = lateness.len();
+    Ok(json!({
+        "requests": total,
+        "queued": queued.len(),
+        "queued_ran": ran,
+        "backlog_span_s_after_fill": round2(backlog_span_s),
+        "lateness_p50_ms": quantile_ms(&mut lateness, 0.50),
+        "lateness_p99_ms": quantile_ms(&mut lateness, 0.99),
+        "lateness_max_ms": quantile_ms(&mut lateness, 1.0),
+        "worker_rss_mib_start": round2(rss_start as f64 / 1024.0 / workers as f64),
+        "worker_rss_mib_max_during_drain": round2(rss_max as f64 / 1024.0 / workers as f64),
+    }))
+}
+
+fn latency_summary(phase: &mut Phase) -> serde_json::Value {
+    let mut by_status = serde_json::Map::new();
+    for (status, samples) in &mut phase.latencies {
+        by_status.insert(
+            status.to_string(),
+            json!({
+                "count": samples.len(),
+                "p50_ms": quantile_ms(samples, 0.50),
+                "p99_ms": quantile_ms(samples, 0.99),
+                "p999_ms": quantile_ms(samples, 0.999),
+            }),
+        );
+    }
+    let mut all: Vec<u32> = phase.latencies.values().flatten().copied().collect();
+    json!({
+        "requests": all.len(),
+        "errors": phase.errors,
+        "p50_ms": quantile_ms(&mut all, 0.50),
+        "p99_ms": quantile_ms(&mut all, 0.99),
+        "p999_ms": quantile_ms(&mut all, 0.999),
+        "by_status": by_status,
+    })
+}
+
+fn median_by(rounds: &[serde_json::Value], key: &str) -> serde_json::Value {
+    let mut sorted: Vec<&serde_json::Value> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a[key].as_f64().partial_cmp(&b[key].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+    sorted.get(sorted.len() / 2).map_or(json!(null), |v| (*v).clone())
+}
+
+fn print_table(r: &serde_json::Value) {
+    let m = &r["throughput_median"];
+    println!();
+    println!("| figure (median of rounds) | value |");
+    println!("|---|---|");
+    println!("| POST /task req/s | {} |", m["rps"]);
+    println!("| latency p50 / p99 / p99.9 ms (all) | {} / {} / {} |", m["p50_ms"], m["p99_ms"], m["p999_ms"]);
+    for status in ["200", "202", "429"] {
+        let s = &m["by_status"][status];
+        if !s.is_null() {
+            println!(
+                "| {status}: count, p50 / p99 / p99.9 ms | {}, {} / {} / {} |",
+                s["count"], s["p50_ms"], s["p99_ms"], s["p999_ms"]
+            );
+        }
+    }
+    let h = &r["half_peak"];
+    println!("| at half of peak: p50 / p99 ms | {} / {} |", h["p50_ms"], h["p99_ms"]);
+    println!("| Redis commands per request | {} |", m["redis_commands_per_request"]);
+    println!(
+        "| CPU s per 1,000 req: Sluice / Redis | {} / {} |",
+        m["sluice_cpu_s_per_1000"], m["redis_cpu_s_per_1000"]
+    );
+    println!("| peak RSS per worker MiB | {} |", r["peak_rss_mib_per_worker"]);
+    let q = &r["queue"];
+    println!("| queue: tasks queued / ran | {} / {} |", q["queued"], q["queued_ran"]);
+    println!(
+        "| queue lateness p50 / p99 / max ms | {} / {} / {} |",
+        q["lateness_p50_ms"], q["lateness_p99_ms"], q["lateness_max_ms"]
+    );
+    println!(
+        "| worker RSS MiB at start / max while draining | {} / {} |",
+        q["worker_rss_mib_start"], q["worker_rss_mib_max_during_drain"]
+    );
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

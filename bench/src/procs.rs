@@ -1,0 +1,133 @@
+//! The processes under test: a throwaway Redis and a release Sluice, plus what /proc and
+//! `INFO` say about their cost.
+
+use anyhow::Context;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Redis of our own on a unix socket with AOF (as `just run` starts it).
+#[derive(Debug)]
+pub struct Redis {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self { child, socket })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("redis-cli").arg("-s").arg(&self.socket).args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Total calls of every command since start (`INFO commandstats`).
+    pub fn commands(&self) -> anyhow::Result<u64> {
+        let info = self.cli(&["INFO", "commandstats"])?;
+        Ok(info
+            .lines()
+            .filter_map(|l| l.split("calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sluice's release binary under its supervisor.
+#[derive(Debug)]
+pub struct Sluice {
+    child: Child,
+    pub port: u16,
+    pub task_log: PathBuf,
+}
+
+impl Sluice {
+    pub fn start(binary: &Path, redis: &Redis, dir: &Path, policies: &Path, workers: usize) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let task_log = dir.join("task_log.jsonl");
+        let env = HashMap::from([
+            ("PORT", port.to_string()),
+            ("BIND", "127.0.0.1".to_string()),
+            ("WORKERS", workers.to_string()),
+            ("REDIS_URL", format!("unix://{}", redis.socket.display())),
+            ("POLICY_DIR", policies.display().to_string()),
+            ("POLICY", "default".to_string()),
+            ("TASK_LOG", task_log.display().to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ]);
+        let child = Command::new(binary).envs(env).current_dir(dir).stdin(Stdio::null()).spawn()?;
+        let sluice = Self { child, port, task_log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sluice.workers().len() < workers || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "sluice did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(sluice)
+    }
+
+    pub fn workers(&self) -> Vec<u32> {
+        let out = Command::new("pgrep").arg("-P").arg(self.child.id().to_string()).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with(field));
+    line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}

@@ -1,0 +1,39 @@
+//! Micro-benchmarks: one policy decision through wasmtime with the host functions served
+//! in memory (no Redis), and compiling + validating a policy module.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+
+use sluice::policy::{Engine, PolicyName};
+
+fn policy_bytes() -> Arc<[u8]> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/dist/default.wasm");
+    std::fs::read(path).expect("run `just build-policies` first").into()
+}
+
+fn decision(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let engine = Engine::new().expect("engine");
+    let name = PolicyName::new("default").expect("name");
+    let policy = runtime.block_on(engine.load(&name, policy_bytes())).expect("loads");
+    let request = limiter_wasm::codec::encode_request("user-42", None, "null");
+    c.bench_function("decide: default policy, reused instance, in-memory host", |b| {
+        b.iter(|| runtime.block_on(policy.dry_run(&request)).expect("decides"))
+    });
+}
+
+fn compile(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().expect("runtime");
+    let engine = Engine::new().expect("engine");
+    let name = PolicyName::new("default").expect("name");
+    let bytes = policy_bytes();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(20);
+    group.bench_function("compile + validate default.wasm", |b| {
+        b.iter(|| runtime.block_on(engine.load(&name, bytes.clone())).expect("loads"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, compile);
+criterion_main!(benches);

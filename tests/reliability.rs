@@ -1,0 +1,157 @@
+//! Nothing acknowledged is lost: a crash of every process, a Redis restart from its AOF,
+//! a frozen Redis; and overload is shed, not queued in memory.
+
+use axum::http::StatusCode;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::support::{RedisServer, Service, Spawned, TempDir, read_log, signal, test_policy_dir};
+
+/// Post `n` tasks round-robin over `users`; return the ids answered 200 or 202.
+async fn submit(url: &str, users: &[&str], n: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = serde_json::json!({ "user_id": users[i % users.len()] });
+        let response = client.post(url).json(&body).send().await.expect("request");
+        let status = response.status().as_u16();
+        let v: serde_json::Value = response.json().await.expect("json");
+        assert!(status == 200 || status == 202, "{status}: {v}");
+        ids.push(v["task_id"].as_str().expect("task_id").to_owned());
+    }
+    ids
+}
+
+/// Wait until every id in `ids` is in the log; return the number of duplicate runs.
+async fn all_ran(log: &std::path::Path, ids: &[String], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let lines = read_log(log);
+        let ran: HashSet<&str> = lines.iter().map(|c| c.task_id.as_str()).collect();
+        let missing = ids.iter().filter(|id| !ran.contains(id.as_str())).count();
+        if missing == 0 {
+            return lines.len() - ran.len();
+        }
+        assert!(Instant::now() < deadline, "{missing} of {} acknowledged tasks never ran", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_of_every_process_loses_no_acknowledged_task() {
+    let redis = RedisServer::start();
+    let shared = TempDir::new("crash");
+    let log = shared.path().join("task_log.jsonl");
+    let log_env = log.display().to_string();
+    let extra = [("TASK_LOG", log_env.as_str()), ("LEASE_MS", "500")];
+    let mut first = Spawned::start_with(&redis, &test_policy_dir(), "short-window", 2, &extra);
+    first.wait_for_workers(2).await;
+    // 4 users x 10 tasks: the queue reaches about 4 s ahead.
+    let ids = submit(&first.url("/task"), &["a", "b", "c", "d"], 40).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    first.kill_everything();
+    let ran_before = read_log(&log).len();
+    assert!(ran_before < ids.len(), "the crash came too late to test anything");
+
+    let second = Spawned::start_with(&redis, &test_policy_dir(), "short-window", 2, &extra);
+    let dupes = all_ran(&log, &ids, Duration::from_secs(15)).await;
+    assert!(dupes <= 2, "{dupes} tasks ran twice (only those logged but not acknowledged at the crash may)");
+    drop(second);
+}
+
+#[tokio::test]
+async fn queued_tasks_survive_a_redis_restart_from_its_aof() {
+    let mut redis = RedisServer::start();
+    let svc = Service::start(&redis, &test_policy_dir(), "short-window").await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let (status, body) = svc.post_task("persist").await;
+        assert!(status == StatusCode::OK || status == StatusCode::ACCEPTED, "{body}");
+        ids.push(body["task_id"].as_str().expect("id").to_owned());
+    }
+    redis.kill();
+    let (status, body) = svc.post_task("persist").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    all_ran(&svc.log_path(), &ids, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_frozen_redis_gets_503_within_two_seconds_and_then_recovers() {
+    let redis = RedisServer::start();
+    let svc = Service::start(&redis, &test_policy_dir(), "short-window").await;
+    assert_eq!(svc.post_task("frozen").await.0, StatusCode::OK);
+    signal(redis.pid(), "STOP");
+    let started = Instant::now();
+    let answers =
+        futures_util::future::join_all((0..50).map(|i| svc.post_task(if i % 2 == 0 { "x" } else { "y" }))).await;
+    let elapsed = started.elapsed();
+    signal(redis.pid(), "CONT");
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    assert!(elapsed < Duration::from_secs(2), "50 requests took {elapsed:?} against a frozen Redis");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while svc.post_task("thawed").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_requests_are_shed_with_503() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("shed");
+    let mut env = crate::support::env_for(&redis, &dir, &test_policy_dir(), "short-window");
+    env.insert("MAX_IN_FLIGHT".into(), "4".into());
+    let svc = Service::start_with(dir, env).await;
+    signal(redis.pid(), "STOP");
+    let answers =
+        futures_util::future::join_all((0..40).map(|i| svc.post_task(if i % 2 == 0 { "p" } else { "q" }))).await;
+    signal(redis.pid(), "CONT");
+    let shed = answers.iter().filter(|(_, b)| b["error"].as_str().is_some_and(|e| e.contains("overloaded"))).count();
+    assert!(shed >= 30, "only {shed} of 40 shed with 4 slots");
+    assert!(answers.iter().all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE));
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_do_not_hold_the_worker() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let sluice = Spawned::start(&redis, &test_policy_dir(), "short-window", 1);
+    sluice.wait_for_workers(1).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", sluice.port));
+    // Headers that never finish: the connection is closed after the header deadline.
+    let mut headers = connect().await.expect("connect");
+    headers.write_all(b"POST /task HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    // A body that trickles: 408 with a JSON error after the body deadline.
+    let mut body = connect().await.expect("connect");
+    body.write_all(b"POST /task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // Meanwhile the worker serves others.
+    let client = reqwest::Client::new();
+    let ok =
+        client.post(sluice.url("/task")).json(&serde_json::json!({"user_id": "prompt"})).send().await.expect("send");
+    assert_eq!(ok.status().as_u16(), 200);
+    let mut answer = Vec::new();
+    let read_answer = async {
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"}") {
+            match body.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read_answer).await.expect("body deadline");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#"{"error":"#), "{answer}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), headers.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a connection with unfinished headers was kept open");
+    assert!(started.elapsed() >= Duration::from_secs(9), "cut off too early: {:?}", started.elapsed());
+}
