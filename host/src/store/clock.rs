@@ -9,7 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Default)]
 pub struct Clock {
     offset_ms: AtomicI64,
+    /// Round trip of the measurement behind `offset_ms` (0: never measured).
+    rtt_ms: AtomicI64,
 }
+
+/// A measurement whose round trip took longer than this is too uncertain to replace a
+/// good one (the offset error is up to half the round trip).
+const MAX_TRUSTED_RTT_MS: i64 = 4;
 
 impl Clock {
     /// Unix ms on Redis's time scale.
@@ -17,10 +23,17 @@ impl Clock {
         local_ms() + self.offset_ms.load(Ordering::Relaxed)
     }
 
-    /// Align with a Redis time read between local times `before` and `after`.
+    /// Align with a Redis time read between local times `before` and `after`, unless the
+    /// round trip was slow and an earlier, tighter measurement exists.
     pub fn align(&self, before_ms: i64, redis_ms: i64, after_ms: i64) {
+        let rtt = (after_ms - before_ms).max(1);
+        let previous = self.rtt_ms.load(Ordering::Relaxed);
+        if previous != 0 && rtt > MAX_TRUSTED_RTT_MS && rtt > previous {
+            return;
+        }
         let midpoint = before_ms + (after_ms - before_ms) / 2;
         self.offset_ms.store(redis_ms - midpoint, Ordering::Relaxed);
+        self.rtt_ms.store(rtt, Ordering::Relaxed);
     }
 
     /// Measure the offset against Redis now.
@@ -45,7 +58,10 @@ mod tests {
     fn align_uses_the_round_trip_midpoint() {
         let clock = Clock::default();
         let now = local_ms();
-        clock.align(now - 10, now + 5_000, now + 10);
+        clock.align(now - 1, now + 5_000, now + 1);
+        assert!((clock.now_ms() - (now + 5_000)).abs() < 50);
+        // A slow, uncertain measurement does not replace a tight one.
+        clock.align(now - 300, now + 9_000, now + 300);
         assert!((clock.now_ms() - (now + 5_000)).abs() < 50);
     }
 }
