@@ -60,7 +60,7 @@ impl Runner {
         let started_at = self.clock.now_ms().max(task.run_at);
         let completed_at = self.clock.now_ms().max(started_at);
         self.log.append(&Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at })?;
-        if !self.store.ack(task, &self.owner, started_at, completed_at, self.task_ttl).await? {
+        if !self.store.ack(task, started_at, completed_at, self.task_ttl).await? {
             tracing::warn!(task_id = %task.task_id, "lease lost before ack: the task may have run twice");
         }
         Ok(Ran { started_at, completed_at })

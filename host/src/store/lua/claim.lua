@@ -28,8 +28,7 @@ for i = 1, #KEYS, 2 do
     local run_at = redis.call('HGET', task_key(id), 'run_at')
     if run_at then
       redis.call('ZADD', due, run_at, id)
-      redis.call('HSET', task_key(id), 'state', 'queued')
-      redis.call('HDEL', task_key(id), 'owner')
+      redis.call('HSET', task_key(id), 'state', 'queued', 'owner', '')
     end
   end
   if budget > 0 then
