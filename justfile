@@ -54,6 +54,16 @@ test-new-policy:
     just new-policy "$name"
     test -s "{{dist}}/$name.wasm"
 
+# Build the example policies with wasm-bindgen for JS edge runtimes into target/edge/
+build-edge:
+    cargo build --quiet --target {{wasm_target}} --release -p limiter-edge
+    wasm-bindgen --target nodejs --out-dir target/edge target/{{wasm_target}}/release/limiter_edge.wasm
+
+# Run the edge build under Node and check it decides like the native test double
+test-edge: build-edge
+    cargo test --quiet -p limiter-edge
+    node --test tests/edge/
+
 # Build the policies and the release binary
 build: build-policies
     cargo build --release -p sluice
@@ -86,6 +96,7 @@ test: build-policies build-test-policies
     cargo test --workspace
     cargo test -p sluice --test integration -- --ignored --test-threads 1
     just test-new-policy
+    just test-edge
 
 # Benchmark a release build on this machine: throughput, latency by outcome, Redis and CPU cost, memory, queue lateness, micro-benchmarks
 bench: build

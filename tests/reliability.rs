@@ -155,3 +155,16 @@ async fn slow_clients_are_cut_off_and_do_not_hold_the_worker() {
     assert!(closed.is_ok(), "a connection with unfinished headers was kept open");
     assert!(started.elapsed() >= Duration::from_secs(9), "cut off too early: {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_redis_that_may_evict_is_warned_about_at_start() {
+    let redis = RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let sluice = Spawned::start(&redis, &test_policy_dir(), "short-window", 1);
+    sluice.wait_for_workers(1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sluice.output().contains("maxmemory-policy is not noeviction") {
+        assert!(Instant::now() < deadline, "no eviction warning:\n{}", sluice.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

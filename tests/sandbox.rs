@@ -193,3 +193,63 @@ async fn removing_the_active_policy_keeps_it_and_removing_others_unloads_them() 
     assert!(policy_entry(&svc, "default").await.is_some_and(|e| e["sha256"].is_string()));
     assert_eq!(svc.post_task("still-served").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_swap_under_load_with_two_workers_loses_no_request_and_both_agree_within_a_second() {
+    let redis = RedisServer::start();
+    let sluice = Spawned::start(&redis, &dist_dir(), "default", 2);
+    let workers = sluice.wait_for_workers(2).await;
+    let url = sluice.url("/task");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed, mut i) = (0, Vec::new(), 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = serde_json::json!({ "user_id": format!("swap-{}", i % 50) });
+                i += 1;
+                match client.post(&url).json(&body).send().await {
+                    // 429 is an answer too: the new policy refuses a backlog over 10 s.
+                    Ok(r) if [200, 202, 429].contains(&r.status().as_u16()) => ok += 1,
+                    Ok(r) => failed.push(r.status().as_u16().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = std::fs::read(test_policy_dir().join("short-window.wasm")).expect("short-window.wasm");
+    let new_sha = sha256(&new);
+    drop_in(&sluice.dir.path().join("policies"), "default", &new);
+    let swapped_at = Instant::now();
+    // Ask each worker (fresh connections spread over both) until both report the new module.
+    let mut agreed = std::collections::HashSet::new();
+    while agreed.len() < workers.len() {
+        assert!(
+            swapped_at.elapsed() < Duration::from_secs(1),
+            "only {agreed:?} of {workers:?} run the new policy after 1 s"
+        );
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        if let Ok(r) = fresh.get(sluice.url("/policies")).send().await {
+            let pid: u32 = r.headers()["x-sluice-worker"]
+                .to_str()
+                .expect("ascii")
+                .split(':')
+                .nth(1)
+                .expect("pid")
+                .parse()
+                .expect("pid");
+            let list: serde_json::Value = r.json().await.expect("json");
+            if list[0]["sha256"] == new_sha {
+                agreed.insert(pid);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.expect("load");
+    assert!(failed.is_empty(), "requests failed during the swap: {failed:?}");
+    assert!(ok > 50, "too little load to mean anything: {ok}");
+}

@@ -31,26 +31,27 @@ pub trait Host {
 }
 
 /// Export `$decide` as the policy of this crate: generates the ABI exports on wasm32
-/// and nothing natively (native tests call the function directly).
+/// and nothing natively (native tests call the function directly). The policy crate's
+/// `edge` feature leaves them out, for the wasm-bindgen build (`limiter-edge`).
 #[macro_export]
 macro_rules! export_policy {
     ($decide:path) => {
         /// ABI export: the ABI version this policy speaks.
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", not(feature = "edge")))]
         #[unsafe(no_mangle)]
         pub extern "C" fn sluice_abi_version() -> i32 {
             $crate::abi::ABI_VERSION as i32
         }
 
         /// ABI export: a buffer for the request record.
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", not(feature = "edge")))]
         #[unsafe(no_mangle)]
         pub extern "C" fn sluice_alloc(len: i32) -> i32 {
             $crate::__private::alloc(len)
         }
 
         /// ABI export: decide on the request at `ptr`.
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", not(feature = "edge")))]
         #[unsafe(no_mangle)]
         pub extern "C" fn sluice_decide(ptr: i32, len: i32) -> i32 {
             $crate::__private::decide(ptr, len, $decide)
