@@ -52,7 +52,7 @@ pub async fn run(load: Load) -> anyhow::Result<Phase> {
     let mut tasks = tokio::task::JoinSet::new();
     for conn in 0..load.connections {
         let seed = load.seed.wrapping_add(conn as u64 * 0x9e37_79b9_7f4a_7c15);
-        tasks.spawn_local(connection(load, seed, deadline, per_conn_budget));
+        tasks.spawn_local(connection(load, conn, seed, deadline, per_conn_budget));
     }
     let mut phase = Phase::default();
     while let Some(result) = tasks.join_next().await {
@@ -67,13 +67,14 @@ pub async fn run(load: Load) -> anyhow::Result<Phase> {
     Ok(phase)
 }
 
-async fn connection(load: Load, mut seed: u64, deadline: Instant, budget: Option<u64>) -> anyhow::Result<Phase> {
+async fn connection(load: Load, index: usize, mut seed: u64, deadline: Instant, budget: Option<u64>) -> anyhow::Result<Phase> {
     let stream = TcpStream::connect(("127.0.0.1", load.port)).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::task::spawn_local(conn);
     let interval = load.rate.map(|r| Duration::from_secs_f64(load.connections as f64 / r));
-    let mut next = Instant::now();
+    // Paced connections start staggered, so they do not send in lockstep bursts.
+    let mut next = Instant::now() + interval.map_or(Duration::ZERO, |every| every * index as u32 / load.connections as u32);
     let mut phase = Phase::default();
     let mut sent = 0u64;
     while Instant::now() < deadline && budget.is_none_or(|b| sent < b) {
