@@ -67,14 +67,21 @@ pub async fn run(load: Load) -> anyhow::Result<Phase> {
     Ok(phase)
 }
 
-async fn connection(load: Load, index: usize, mut seed: u64, deadline: Instant, budget: Option<u64>) -> anyhow::Result<Phase> {
+async fn connection(
+    load: Load,
+    index: usize,
+    mut seed: u64,
+    deadline: Instant,
+    budget: Option<u64>,
+) -> anyhow::Result<Phase> {
     let stream = TcpStream::connect(("127.0.0.1", load.port)).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::task::spawn_local(conn);
     let interval = load.rate.map(|r| Duration::from_secs_f64(load.connections as f64 / r));
     // Paced connections start staggered, so they do not send in lockstep bursts.
-    let mut next = Instant::now() + interval.map_or(Duration::ZERO, |every| every * index as u32 / load.connections as u32);
+    let mut next =
+        Instant::now() + interval.map_or(Duration::ZERO, |every| every * index as u32 / load.connections as u32);
     let mut phase = Phase::default();
     let mut sent = 0u64;
     while Instant::now() < deadline && budget.is_none_or(|b| sent < b) {
