@@ -22,7 +22,9 @@
 //!
 //! ## A call, step by step
 //! 1. The host calls `sluice_alloc(len)` and writes the request record (below) into the
-//!    returned buffer. The guest owns the buffer; the host never frees it.
+//!    returned buffer. The guest owns the buffer; the host never frees it. The host may
+//!    skip the call and reuse the buffer of an earlier `sluice_alloc` of at least `len`
+//!    bytes on the same instance (it does, to save a call per decision).
 //! 2. The host calls `sluice_decide(ptr, len)`. During the call the guest may call the
 //!    host functions. One reservation (`reserve` or `reserve_bucket`) per decision.
 //! 3. `sluice_decide` returns a pointer to the decision record (below), owned by the

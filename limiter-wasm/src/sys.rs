@@ -46,11 +46,13 @@ where
     F: Fn(&Request<'_>, &mut WasmHost) -> Result<Decision, HostError>,
 {
     let outcome = REQUEST.with_borrow(|buf| {
-        // The host wrote the request into our own buffer; check it passed that buffer back.
-        if ptr != buf.as_ptr() as i32 || len as usize != buf.len() {
+        // The host wrote the request into our own buffer (possibly one allocated for an
+        // earlier, longer request); check it passed that buffer back.
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if ptr != buf.as_ptr() as i32 || len > buf.len() {
             return Err("request not in the sluice_alloc buffer".to_string());
         }
-        let req = decode_request(buf).ok_or_else(|| "malformed request record".to_string())?;
+        let req = decode_request(&buf[..len]).ok_or_else(|| "malformed request record".to_string())?;
         policy(&req, &mut WasmHost).map_err(|e| e.to_string())
     });
     let (kind, value, reason) = match outcome {
