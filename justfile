@@ -94,7 +94,7 @@ test: build-policies build-test-policies
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
     cargo test --workspace
-    cargo test --workspace --test integration -- --ignored --test-threads 1
+    cargo test --workspace -- --ignored --test-threads 1
     just test-new-policy
     just test-edge
 
