@@ -163,22 +163,32 @@ impl Policy {
         })
     }
 
+    /// An idle instance from the pool, or a new one.
+    async fn check_out(&self) -> Result<Instance, PolicyError> {
+        let pooled = self.pool.lock().expect("policy pool lock poisoned").pop();
+        match pooled {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().await,
+        }
+    }
+
+    /// Return an instance that decided without failing; beyond the pool size it is dropped.
+    fn check_in(&self, instance: Instance) {
+        let mut pool = self.pool.lock().expect("policy pool lock poisoned");
+        if pool.len() < POOL_SIZE {
+            pool.push(instance);
+        }
+    }
+
     /// Decide on one request. A failed instance is dropped, never reused.
     pub async fn decide(&self, call: CallContext, request: &[u8]) -> Result<Outcome, Failure> {
-        let pooled = self.pool.lock().expect("policy pool lock poisoned").pop();
-        let mut instance = match pooled {
-            Some(i) => i,
-            None => self.instantiate().await.map_err(|error| Failure { error, reserved: None })?,
-        };
+        let mut instance = self.check_out().await.map_err(|error| Failure { error, reserved: None })?;
         let result = self.run(&mut instance, Some(call), request).await;
         let reserved = instance.store.data_mut().reserved.take();
         instance.store.data_mut().call = None;
         match result {
             Ok(verdict) => {
-                let mut pool = self.pool.lock().expect("policy pool lock poisoned");
-                if pool.len() < POOL_SIZE {
-                    pool.push(instance);
-                }
+                self.check_in(instance);
                 Ok(Outcome { verdict, reserved })
             }
             Err(error) => Err(Failure { error, reserved }),
@@ -188,13 +198,9 @@ impl Policy {
     /// Decide with the host functions answered in memory (no Redis; `reserve` pretends
     /// to queue a second out): the wasm and host-call cost of a decision, for benchmarks.
     pub async fn dry_run(&self, request: &[u8]) -> Result<Verdict, PolicyError> {
-        let pooled = self.pool.lock().expect("policy pool lock poisoned").pop();
-        let mut instance = match pooled {
-            Some(i) => i,
-            None => self.instantiate().await?,
-        };
+        let mut instance = self.check_out().await?;
         let verdict = self.run(&mut instance, None, request).await?;
-        self.pool.lock().expect("policy pool lock poisoned").push(instance);
+        self.check_in(instance);
         Ok(verdict)
     }
 
