@@ -2,6 +2,7 @@
 //! `reserve.lua` on a real Redis, with the script's clock set per call. The same table
 //! runs against the in-memory double in `limiter-wasm`, so the two cannot drift.
 
+use std::future::Future as _;
 use std::time::Duration;
 
 use sluice::store::{NewTask, Reserved, SlotRule, Store};
@@ -46,4 +47,42 @@ async fn shared_cases_hold_for_the_redis_scripts() {
             assert_eq!(got, want, "case {:?}, call {i}", case["name"]);
         }
     }
+}
+
+/// Reservations made at once by one worker go to Redis in shared script calls, and each
+/// gets exactly the slot it would have had alone: 200 tasks of one user at 1 per 100 ms
+/// and 5 per second start 0, 100, .., 400, then 1000, 1100, .., in submission order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_share_script_calls_and_keep_the_schedule() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(5)).expect("store");
+    let evalsha_calls = || {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("calls=0,");
+        line.split(['=', ',']).nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(BASE_MS), ..SlotRule::default() };
+    let tasks: Vec<NewTask> = (0..200)
+        .map(|i| NewTask { task_id: format!("t{i:03}"), user_id: "batched".into(), payload: "null".into() })
+        .collect();
+    let before = evalsha_calls();
+    // Submitted in order (each future polled once before the next is created), answered together.
+    let mut pending = Vec::new();
+    for task in &tasks {
+        let mut fut = Box::pin(store.reserve(task, &rule, Duration::from_secs(60), "cases"));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "a reservation cannot be answered before its batch is sent");
+        pending.push(fut);
+    }
+    let results = futures_util::future::join_all(pending).await;
+    let calls = evalsha_calls() - before;
+    for (i, result) in results.into_iter().enumerate() {
+        let slot = match result.expect("reserve") {
+            Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms - BASE_MS,
+            Reserved::TooFar { .. } => panic!("task {i} too far without a maximum delay"),
+        };
+        let want = (i as i64 / 5) * 1000 + (i as i64 % 5) * 100;
+        assert_eq!(slot, want, "task {i}");
+    }
+    assert!(calls <= 20, "200 concurrent reservations took {calls} script calls; they should share them");
 }

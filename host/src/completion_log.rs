@@ -1,5 +1,5 @@
 //! The completion log: one JSON line per task run, appended by every worker to one file.
-//! The file is opened `O_APPEND` and each line goes out in a single `write`, so lines
+//! The file is opened `O_APPEND` and each batch of lines goes out in a single `write`, so lines
 //! from different processes never interleave or tear. Lines reach the page cache, not
 //! the disk, before the task is acknowledged: durable against a crash of Sluice, not of
 //! the machine (the OS flushes within seconds). Failed writes are counted.
@@ -43,16 +43,20 @@ impl CompletionLog {
         &self.path
     }
 
-    /// Append one line with a single write.
-    pub fn append(&self, entry: &Completion<'_>) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).expect("a completion always serializes");
-        line.push(b'\n');
-        // `write`, not `write_all`: a partial write would tear the line, so treat it as a failure.
-        let result = (&self.file).write(&line).and_then(|n| {
-            if n == line.len() {
+    /// Append one line per entry, all in a single write: every line lands, whole, or the
+    /// write fails.
+    pub fn append(&self, entries: &[Completion<'_>]) -> std::io::Result<()> {
+        let mut lines = Vec::with_capacity(entries.len() * 128);
+        for entry in entries {
+            serde_json::to_writer(&mut lines, entry).expect("a completion always serializes");
+            lines.push(b'\n');
+        }
+        // `write`, not `write_all`: a partial write would tear a line, so treat it as a failure.
+        let result = (&self.file).write(&lines).and_then(|n| {
+            if n == lines.len() {
                 Ok(())
             } else {
-                Err(std::io::Error::other(format!("short write: {n} of {} bytes", line.len())))
+                Err(std::io::Error::other(format!("short write: {n} of {} bytes", lines.len())))
             }
         });
         if result.is_err() {
@@ -78,7 +82,8 @@ mod tests {
         let path = dir.join("log.jsonl");
         let log = CompletionLog::open(&path).expect("open");
         for i in 0..3 {
-            log.append(&Completion { user_id: "u", task_id: "t", started_at: i, completed_at: i + 1 }).expect("write");
+            log.append(&[Completion { user_id: "u", task_id: "t", started_at: i, completed_at: i + 1 }])
+                .expect("write");
         }
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), 3);

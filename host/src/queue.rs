@@ -55,14 +55,42 @@ impl Runner {
     /// Run one task leased to this worker: log it, then acknowledge it. A crash between
     /// the two is the one place a task can run twice (its lease expires, it runs again).
     pub async fn run(&self, task: &ClaimedTask) -> Result<Ran, RunError> {
-        // Redis had reached `run_at` before this task could be claimed or admitted, so the
+        let ran = self.run_all(std::slice::from_ref(task)).await?;
+        Ok(ran[0])
+    }
+
+    /// Run tasks leased to this worker together: one write of all their completion lines,
+    /// then one acknowledgement of them all. On an error none is acknowledged, and each
+    /// runs again after its lease.
+    pub async fn run_all(&self, tasks: &[ClaimedTask]) -> Result<Vec<Ran>, RunError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Redis had reached `run_at` before a task could be claimed or admitted, so the
         // start is at least that; the clamp removes the local clock's estimate error.
-        let started_at = self.clock.now_ms().max(task.run_at);
-        let completed_at = self.clock.now_ms().max(started_at);
-        self.log.append(&Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at })?;
-        if !self.store.ack(task, started_at, completed_at, self.task_ttl).await? {
+        let ran: Vec<Ran> = tasks
+            .iter()
+            .map(|task| {
+                let started_at = self.clock.now_ms().max(task.run_at);
+                Ran { started_at, completed_at: self.clock.now_ms().max(started_at) }
+            })
+            .collect();
+        let lines: Vec<Completion<'_>> = tasks
+            .iter()
+            .zip(&ran)
+            .map(|(task, ran)| Completion {
+                user_id: &task.user_id,
+                task_id: &task.task_id,
+                started_at: ran.started_at,
+                completed_at: ran.completed_at,
+            })
+            .collect();
+        self.log.append(&lines)?;
+        let done: Vec<_> = tasks.iter().zip(&ran).map(|(task, ran)| (task, ran.started_at, ran.completed_at)).collect();
+        let kept = self.store.ack(&done, self.task_ttl).await?;
+        for (task, _) in tasks.iter().zip(kept).filter(|(_, kept)| !kept) {
             tracing::warn!(task_id = %task.task_id, "lease lost before ack: the task may have run twice");
         }
-        Ok(Ran { started_at, completed_at })
+        Ok(ran)
     }
 }

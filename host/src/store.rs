@@ -4,16 +4,18 @@
 
 pub mod clock;
 pub mod keys;
+mod reserver;
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use crate::task::{ClaimedTask, TaskState, TaskView};
 
 /// What went wrong talking to Redis.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Redis did not answer in time, refused the connection, or failed the command.
     #[error("redis unavailable: {0}")]
@@ -21,6 +23,12 @@ pub enum StoreError {
     /// Redis answered something the scripts never return.
     #[error("unexpected redis reply: {0}")]
     BadReply(String),
+}
+
+impl StoreError {
+    fn no_answer(timeout: Duration) -> Self {
+        Self::Unavailable(format!("no answer within {} ms", timeout.as_millis()))
+    }
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -86,6 +94,8 @@ pub struct Claim {
 pub struct Store {
     conn: ConnectionManager,
     timeout: Duration,
+    /// Where reservations wait for their batch; the batching task starts on first use.
+    reserver: Arc<OnceLock<mpsc::UnboundedSender<reserver::Pending>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,7 +115,7 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, timeout })
+        Ok(Self { conn, timeout, reserver: Arc::default() })
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -115,11 +125,12 @@ impl Store {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
             Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => Err(StoreError::no_answer(self.timeout)),
         }
     }
 
-    /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`).
+    /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`, together
+    /// with whatever other reservations of this worker are waiting: see [`reserver`]).
     pub async fn reserve(
         &self,
         task: &NewTask,
@@ -127,27 +138,14 @@ impl Store {
         lease: Duration,
         owner: &str,
     ) -> Result<Reserved, StoreError> {
-        let shard = keys::shard_of(&task.user_id);
-        let mut inv = RESERVE.prepare_invoke();
-        inv.key(keys::starts(&task.user_id))
-            .key(keys::task(&task.task_id))
-            .key(keys::due(shard))
-            .key(keys::lease(shard))
-            .key(keys::bucket(&task.user_id));
-        inv.arg(&task.task_id).arg(&task.user_id).arg(&task.payload);
-        inv.arg(rule.max_delay_ms.map_or(-1, |d| d as i64)).arg(rule.not_before_ms);
-        inv.arg(lease.as_millis() as u64).arg(owner).arg(rule.now_ms.unwrap_or(0));
-        let (interval, burst) = rule.bucket.unwrap_or((0, 1));
-        inv.arg(interval).arg(burst).arg(rule.windows.len());
-        for (limit, window_ms) in &rule.windows {
-            inv.arg(*limit).arg(*window_ms);
-        }
-        let (status, slot_ms, now_ms): (i64, i64, i64) = self.run(async |c| inv.invoke_async(c).await).await?;
-        match status {
-            0 => Ok(Reserved::TooFar { slot_ms, now_ms }),
-            1 => Ok(Reserved::Admitted { slot_ms, now_ms }),
-            2 => Ok(Reserved::Queued { slot_ms, now_ms }),
-            other => Err(StoreError::BadReply(format!("reserve status {other}"))),
+        let (pending, answer) = reserver::Pending::new(task, rule, lease, owner);
+        let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
+        let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout));
+        queue.send(pending).map_err(|_| stopped())?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(reserved)) => reserved,
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(StoreError::no_answer(self.timeout)),
         }
     }
 
@@ -175,25 +173,27 @@ impl Store {
         parse_claim(reply)
     }
 
-    /// Mark a task completed and end its lease, atomically; `false` if the lease entry was
-    /// already gone (it expired and the task was claimed again: it may run twice).
-    pub async fn ack(
-        &self,
-        task: &ClaimedTask,
-        started_at: i64,
-        completed_at: i64,
-        keep: Duration,
-    ) -> Result<bool, StoreError> {
+    /// Mark tasks completed and end their leases, atomically, in one round trip. Each task
+    /// comes with its start and end (unix ms); the answer says, per task, whether its lease
+    /// entry was still there (`false`: it expired and the task was claimed again, so it
+    /// may run twice).
+    pub async fn ack(&self, done: &[(&ClaimedTask, i64, i64)], keep: Duration) -> Result<Vec<bool>, StoreError> {
         // A plain MULTI/EXEC, not a script: half the Redis CPU of an EVALSHA, and the
         // lease entry removed tells whether the lease was still there.
-        let key = keys::task(&task.task_id);
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("ZREM").arg(keys::lease(keys::shard_of(&task.user_id))).arg(&task.task_id);
-        pipe.cmd("HSET").arg(&key).arg("state").arg("completed").arg("owner").arg("");
-        pipe.arg("started_at").arg(started_at).arg("completed_at").arg(completed_at).ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(keep.as_millis() as u64).ignore();
-        let (removed,): (i64,) = self.run(async |c| pipe.query_async(c).await).await?;
-        Ok(removed == 1)
+        pipe.atomic();
+        for (task, started_at, completed_at) in done {
+            let key = keys::task(&task.task_id);
+            pipe.cmd("ZREM").arg(keys::lease(keys::shard_of(&task.user_id))).arg(&task.task_id);
+            pipe.cmd("HSET").arg(&key).arg("state").arg("completed").arg("owner").arg("");
+            pipe.arg("started_at").arg(started_at).arg("completed_at").arg(completed_at).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(keep.as_millis() as u64).ignore();
+        }
+        let removed: Vec<i64> = self.run(async |c| pipe.query_async(c).await).await?;
+        if removed.len() != done.len() {
+            return Err(StoreError::BadReply(format!("ack: {} answers for {} tasks", removed.len(), done.len())));
+        }
+        Ok(removed.into_iter().map(|n| n == 1).collect())
     }
 
     /// A task's record, if it exists.

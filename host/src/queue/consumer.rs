@@ -53,11 +53,9 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         let pause = match runner.store.claim(BATCH, runner.lease, &runner.owner).await {
             Ok(claim) => {
                 let full = claim.tasks.len() == BATCH;
-                let results = futures_util::future::join_all(claim.tasks.iter().map(|t| runner.run(t))).await;
-                for (task, result) in claim.tasks.iter().zip(results) {
-                    if let Err(e) = result {
-                        tracing::error!(task_id = %task.task_id, "task not acknowledged, it runs again after its lease: {e}");
-                    }
+                if let Err(e) = runner.run_all(&claim.tasks).await {
+                    let n = claim.tasks.len();
+                    tracing::error!("{n} claimed tasks not acknowledged, they run again after their lease: {e}");
                 }
                 if full {
                     continue;

@@ -1,71 +1,98 @@
--- Reserve the earliest start for one task of one user and store the task, atomically.
+-- Reserve the earliest start for each task of a batch and store it, atomically. A batch
+-- is the reservations one worker had waiting at once; tasks are decided in order, each
+-- seeing what the ones before it wrote, exactly as if each were its own script call.
 -- The start ("slot") is the earliest time >= now (and >= not-before) at which every
 -- window holds fewer than `limit` of the user's starts, no earlier-reserved task of
 -- the user starts later (FIFO), and, with a bucket, the GCRA allows it: the bucket's
 -- theoretical arrival time (TAT) minus (burst - 1) intervals. With no windows and no
 -- bucket, the slot is max(now, not-before).
--- KEYS[1] the user's reserved starts (zset: task id -> start ms)
--- KEYS[2] the task (hash)
--- KEYS[3] the due index shard of the user (zset: task id -> run-at ms)
--- KEYS[4] the lease shard of the user (zset: task id -> lease expiry ms)
--- KEYS[5] the user's bucket TAT (string, ms)
--- ARGV[1] task id, ARGV[2] user id, ARGV[3] payload JSON
--- ARGV[4] max delay ms (-1: unbounded), ARGV[5] not-before ms (0: none)
--- ARGV[6] lease ms, ARGV[7] lease owner, ARGV[8] now ms (0: Redis TIME; tests set it)
--- ARGV[9] bucket interval ms (0: no bucket), ARGV[10] bucket burst
--- ARGV[11] window count n, ARGV[12..11+2n] pairs of limit, window ms
--- Returns {status, slot ms, now ms}: status 0 = too far (nothing written),
+-- Per task, five keys:
+--   the user's reserved starts (zset: task id -> start ms), the task (hash), the due
+--   index shard of the user (zset: task id -> run-at ms), the lease shard of the user
+--   (zset: task id -> lease expiry ms), the user's bucket TAT (string, ms)
+-- and 11 + 2n arguments:
+--   task id, user id, payload JSON, max delay ms (-1: unbounded), not-before ms (0: none),
+--   lease ms, lease owner, now ms (0: Redis TIME; tests set it), bucket interval ms
+--   (0: no bucket), bucket burst, window count n, then n pairs of limit, window ms.
+-- Returns status, slot ms, now ms per task: status 0 = too far (nothing written),
 -- 1 = admitted (task leased to the owner, state running), 2 = queued.
-local now = tonumber(ARGV[8])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local n = tonumber(ARGV[11])
-local slot = math.max(now, tonumber(ARGV[5]))
-local interval, burst = tonumber(ARGV[9]), tonumber(ARGV[10])
-local tat = now
-if interval > 0 then
-  tat = math.max(now, tonumber(redis.call('GET', KEYS[5]) or '0'))
-  slot = math.max(slot, tat - (burst - 1) * interval)
-end
-
-local max_window = 0
-for i = 0, n - 1 do
-  max_window = math.max(max_window, tonumber(ARGV[13 + 2 * i]))
-end
-if n > 0 then
-  -- Starts that left the longest window can no longer constrain a slot >= now.
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - max_window)
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if last[2] then slot = math.max(slot, tonumber(last[2])) end
-  for i = 0, n - 1 do
-    local limit = tonumber(ARGV[12 + 2 * i])
-    local nth = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')
-    if nth[2] then slot = math.max(slot, tonumber(nth[2]) + tonumber(ARGV[13 + 2 * i])) end
+local redis_now
+local function now_of(arg)
+  local now = tonumber(arg)
+  if now ~= 0 then return now end
+  if not redis_now then
+    local t = redis.call('TIME')
+    redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
+  return redis_now
 end
 
-local max_delay = tonumber(ARGV[4])
-if max_delay >= 0 and slot - now > max_delay then
-  return {0, slot, now}
+local function reserve(k, a)
+  local starts, task, due, lease, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local now = now_of(ARGV[a + 7])
+  local n = tonumber(ARGV[a + 10])
+  local slot = math.max(now, tonumber(ARGV[a + 4]))
+  local interval, burst = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local tat = now
+  if interval > 0 then
+    tat = math.max(now, tonumber(redis.call('GET', bucket) or '0'))
+    slot = math.max(slot, tat - (burst - 1) * interval)
+  end
+
+  local max_window = 0
+  for i = 0, n - 1 do
+    max_window = math.max(max_window, tonumber(ARGV[a + 12 + 2 * i]))
+  end
+  if n > 0 then
+    -- Starts that left the longest window can no longer constrain a slot >= now.
+    redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - max_window)
+    local last = redis.call('ZRANGE', starts, -1, -1, 'WITHSCORES')
+    if last[2] then
+      local last_start = tonumber(last[2])
+      slot = math.max(slot, last_start)
+      for i = 0, n - 1 do
+        local limit, window = tonumber(ARGV[a + 11 + 2 * i]), tonumber(ARGV[a + 12 + 2 * i])
+        local nth = last_start
+        if limit > 1 then
+          nth = redis.call('ZRANGE', starts, -limit, -limit, 'WITHSCORES')[2]
+        end
+        if nth then slot = math.max(slot, tonumber(nth) + window) end
+      end
+    end
+  end
+
+  local max_delay = tonumber(ARGV[a + 3])
+  if max_delay >= 0 and slot - now > max_delay then
+    return 0, slot, now, n
+  end
+
+  if n > 0 then
+    redis.call('ZADD', starts, slot, ARGV[a])
+    redis.call('PEXPIRE', starts, slot - now + max_window)
+  end
+  if interval > 0 then
+    local new_tat = math.max(tat, slot) + interval
+    redis.call('SET', bucket, new_tat, 'PX', new_tat - now)
+  end
+  if slot <= now then
+    redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot, 'created_at', now,
+      'state', 'running', 'owner', ARGV[a + 6])
+    redis.call('ZADD', lease, now + tonumber(ARGV[a + 5]), ARGV[a])
+    return 1, slot, now, n
+  end
+  redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot, 'created_at', now,
+    'state', 'queued')
+  redis.call('ZADD', due, slot, ARGV[a])
+  return 2, slot, now, n
 end
 
-if n > 0 then
-  redis.call('ZADD', KEYS[1], slot, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], slot - now + max_window)
+local out = {}
+local a = 1
+for k = 1, #KEYS, 5 do
+  local status, slot, now, n = reserve(k, a)
+  out[#out + 1] = status
+  out[#out + 1] = slot
+  out[#out + 1] = now
+  a = a + 11 + 2 * n
 end
-if interval > 0 then
-  local new_tat = math.max(tat, slot) + interval
-  redis.call('SET', KEYS[5], new_tat, 'PX', new_tat - now)
-end
-if slot <= now then
-  redis.call('HSET', KEYS[2], 'user_id', ARGV[2], 'payload', ARGV[3], 'run_at', slot, 'created_at', now,
-    'state', 'running', 'owner', ARGV[7])
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[1])
-  return {1, slot, now}
-end
-redis.call('HSET', KEYS[2], 'user_id', ARGV[2], 'payload', ARGV[3], 'run_at', slot, 'created_at', now,
-  'state', 'queued')
-redis.call('ZADD', KEYS[3], slot, ARGV[1])
-return {2, slot, now}
+return out

@@ -1,0 +1,124 @@
+//! Reservations, coalesced: the reservations a worker has waiting at one moment go to
+//! Redis together, as one `reserve.lua` call. A reservation that finds nothing in flight
+//! goes at once; under load, the ones that arrive while a call is out wait for the next
+//! call, and go to Redis in the order they were made. Redis's fixed cost per script call (argument tables, the reply, the
+//! AOF's MULTI/EXEC framing) is then paid once per batch instead of once per decision,
+//! and the decisions inside a batch are the same as if each had been its own call.
+
+use redis::aio::ConnectionManager;
+use redis::{RedisWrite, ToRedisArgs};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
+
+/// Most reservations in one script call.
+const MAX_BATCH: usize = 64;
+
+/// One reservation waiting for its batch: its keys and arguments as `reserve.lua`
+/// takes them, and where its answer goes.
+pub(super) struct Pending {
+    keys: [String; 5],
+    args: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Reserved, StoreError>>,
+}
+
+impl Pending {
+    /// Encode a reservation; its answer will arrive on the returned receiver.
+    pub(super) fn new(
+        task: &NewTask,
+        rule: &SlotRule,
+        lease: Duration,
+        owner: &str,
+    ) -> (Self, oneshot::Receiver<Result<Reserved, StoreError>>) {
+        let shard = keys::shard_of(&task.user_id);
+        let keys = [
+            keys::starts(&task.user_id),
+            keys::task(&task.task_id),
+            keys::due(shard),
+            keys::lease(shard),
+            keys::bucket(&task.user_id),
+        ];
+        let mut args = Vec::with_capacity(11 + 2 * rule.windows.len());
+        let (interval, burst) = rule.bucket.unwrap_or((0, 1));
+        let max_delay = rule.max_delay_ms.map_or(-1, |d| d as i64);
+        task.task_id.write_redis_args(&mut args);
+        task.user_id.write_redis_args(&mut args);
+        task.payload.write_redis_args(&mut args);
+        for n in [max_delay, rule.not_before_ms, lease.as_millis() as i64] {
+            args.write_arg_fmt(n);
+        }
+        owner.write_redis_args(&mut args);
+        for n in [rule.now_ms.unwrap_or(0), interval as i64, burst as i64, rule.windows.len() as i64] {
+            args.write_arg_fmt(n);
+        }
+        for (limit, window_ms) in &rule.windows {
+            args.write_arg_fmt(limit);
+            args.write_arg_fmt(window_ms);
+        }
+        let (reply, answer) = oneshot::channel();
+        (Self { keys, args, reply }, answer)
+    }
+}
+
+/// Start the task that batches and sends reservations; it ends when every sender is gone.
+pub(super) fn spawn(conn: ConnectionManager, timeout: Duration) -> mpsc::UnboundedSender<Pending> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(conn, timeout, rx));
+    tx
+}
+
+async fn run(mut conn: ConnectionManager, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A caller that gave up (timed out) must not have its task stored behind its back.
+        batch.retain(|p: &Pending| !p.reply.is_closed());
+        if !batch.is_empty() {
+            send(&mut conn, timeout, &mut batch).await;
+        }
+    }
+}
+
+/// Send one batch and answer each of its reservations; leaves `batch` empty.
+async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) {
+    let mut inv = RESERVE.prepare_invoke();
+    for pending in batch.iter() {
+        for key in &pending.keys {
+            inv.key(key);
+        }
+        for arg in &pending.args {
+            inv.arg(arg);
+        }
+    }
+    let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, inv.invoke_async(conn)).await {
+        Ok(reply) => reply.map_err(StoreError::from),
+        Err(_) => Err(StoreError::no_answer(timeout)),
+    };
+    match reply {
+        Ok(values) if values.len() == 3 * batch.len() => {
+            for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
+                let _ = pending.reply.send(decode(v[0], v[1], v[2]));
+            }
+        }
+        Ok(values) => {
+            let error = StoreError::BadReply(format!("reserve: {} values for {} tasks", values.len(), batch.len()));
+            answer_all(batch, &error);
+        }
+        Err(error) => answer_all(batch, &error),
+    }
+}
+
+fn answer_all(batch: &mut Vec<Pending>, error: &StoreError) {
+    for pending in batch.drain(..) {
+        let _ = pending.reply.send(Err(error.clone()));
+    }
+}
+
+fn decode(status: i64, slot_ms: i64, now_ms: i64) -> Result<Reserved, StoreError> {
+    match status {
+        0 => Ok(Reserved::TooFar { slot_ms, now_ms }),
+        1 => Ok(Reserved::Admitted { slot_ms, now_ms }),
+        2 => Ok(Reserved::Queued { slot_ms, now_ms }),
+        other => Err(StoreError::BadReply(format!("reserve status {other}"))),
+    }
+}
