@@ -86,3 +86,24 @@ async fn concurrent_reservations_share_script_calls_and_keep_the_schedule() {
     }
     assert!(calls <= 20, "200 concurrent reservations took {calls} script calls; they should share them");
 }
+
+/// The user's start set is trimmed once per longest-window period, not on every call, and
+/// so stays within about two periods' worth of starts however many tasks the user runs.
+#[tokio::test]
+async fn a_busy_users_starts_stay_few() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let key = sluice::store::keys::starts("busy");
+    let (mut now, mut largest) = (BASE_MS, 0);
+    for i in 0..300 {
+        let task = NewTask { task_id: format!("b{i}"), user_id: "busy".into(), payload: "null".into() };
+        let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(now), ..SlotRule::default() };
+        now = match store.reserve(&task, &rule, Duration::from_secs(60), "cases").await.expect("reserve") {
+            Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms,
+            Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
+        };
+        largest = largest.max(redis.cli(&["ZCARD", &key]).trim().parse::<usize>().expect("count"));
+    }
+    assert!(largest <= 11, "the start set grew to {largest} entries");
+    assert!(largest >= 6, "the start set never held two periods: {largest}");
+}

@@ -32,18 +32,23 @@ for i = 1, #KEYS, 2 do
     end
   end
   if budget > 0 then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, budget)) do
-      redis.call('ZREM', due, id)
+    -- The due tasks are the lowest ranks: take them out with one command, lease them with one.
+    local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, budget)
+    local leases = {}
+    if #ids > 0 then redis.call('ZREMRANGEBYRANK', due, 0, #ids - 1) end
+    for _, id in ipairs(ids) do
       local info = redis.call('HMGET', task_key(id), 'user_id', 'run_at')
       if info[1] then
-        redis.call('ZADD', lease, lease_until, id)
         redis.call('HSET', task_key(id), 'state', 'running', 'owner', ARGV[3])
+        table.insert(leases, lease_until)
+        table.insert(leases, id)
         table.insert(out, id)
         table.insert(out, info[1])
         table.insert(out, tonumber(info[2]))
         budget = budget - 1
       end
     end
+    if #leases > 0 then redis.call('ZADD', lease, unpack(leases)) end
   end
   earliest(due)
   earliest(lease)

@@ -43,12 +43,13 @@ local function reserve(k, a)
   for i = 0, n - 1 do
     max_window = math.max(max_window, tonumber(ARGV[a + 12 + 2 * i]))
   end
+  -- Ranks count from the newest start, so starts that already left every window (kept
+  -- until the next housekeeping below) sit at the far end and never constrain a slot.
+  local last_start
   if n > 0 then
-    -- Starts that left the longest window can no longer constrain a slot >= now.
-    redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - max_window)
     local last = redis.call('ZRANGE', starts, -1, -1, 'WITHSCORES')
     if last[2] then
-      local last_start = tonumber(last[2])
+      last_start = tonumber(last[2])
       slot = math.max(slot, last_start)
       for i = 0, n - 1 do
         local limit, window = tonumber(ARGV[a + 11 + 2 * i]), tonumber(ARGV[a + 12 + 2 * i])
@@ -69,6 +70,12 @@ local function reserve(k, a)
   if n > 0 then
     redis.call('ZADD', starts, slot, ARGV[a])
     redis.call('PEXPIRE', starts, slot - now + max_window)
+    -- Forget starts that left every window once per longest-window period of the user's
+    -- starts, not on every task: a period holds at most its window's limit of starts, so
+    -- the set stays small in between. (Only memory depends on this, never a decision.)
+    if last_start and math.floor(slot / max_window) > math.floor(last_start / max_window) then
+      redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - max_window)
+    end
   end
   if interval > 0 then
     local new_tat = math.max(tat, slot) + interval
