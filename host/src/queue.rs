@@ -68,29 +68,20 @@ impl Runner {
         }
         // Redis had reached `run_at` before a task could be claimed or admitted, so the
         // start is at least that; the clamp removes the local clock's estimate error.
-        let ran: Vec<Ran> = tasks
+        let done: Vec<Completion<'_>> = tasks
             .iter()
             .map(|task| {
                 let started_at = self.clock.now_ms().max(task.run_at);
-                Ran { started_at, completed_at: self.clock.now_ms().max(started_at) }
+                let completed_at = self.clock.now_ms().max(started_at);
+                Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at }
             })
             .collect();
-        let lines: Vec<Completion<'_>> = tasks
-            .iter()
-            .zip(&ran)
-            .map(|(task, ran)| Completion {
-                user_id: &task.user_id,
-                task_id: &task.task_id,
-                started_at: ran.started_at,
-                completed_at: ran.completed_at,
-            })
-            .collect();
-        self.log.append(&lines)?;
-        let done: Vec<_> = tasks.iter().zip(&ran).map(|(task, ran)| (task, ran.started_at, ran.completed_at)).collect();
+        self.log.append(&done)?;
         let kept = self.store.ack(&done, self.task_ttl).await?;
-        for (task, _) in tasks.iter().zip(kept).filter(|(_, kept)| !kept) {
-            tracing::warn!(task_id = %task.task_id, "lease lost before ack: the task may have run twice");
+        for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !kept) {
+            tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
         }
+        let ran = done.iter().map(|run| Ran { started_at: run.started_at, completed_at: run.completed_at }).collect();
         Ok(ran)
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use crate::completion_log::Completion;
 use crate::task::{ClaimedTask, TaskState, TaskView};
 
 /// What went wrong talking to Redis.
@@ -173,20 +174,19 @@ impl Store {
         parse_claim(reply)
     }
 
-    /// Mark tasks completed and end their leases, atomically, in one round trip. Each task
-    /// comes with its start and end (unix ms); the answer says, per task, whether its lease
-    /// entry was still there (`false`: it expired and the task was claimed again, so it
-    /// may run twice).
-    pub async fn ack(&self, done: &[(&ClaimedTask, i64, i64)], keep: Duration) -> Result<Vec<bool>, StoreError> {
+    /// Mark tasks completed as their completion lines say and end their leases, atomically,
+    /// in one round trip. The answer says, per task, whether its lease entry was still there
+    /// (`false`: it expired and the task was claimed again, so it may run twice).
+    pub async fn ack(&self, done: &[Completion<'_>], keep: Duration) -> Result<Vec<bool>, StoreError> {
         // A plain MULTI/EXEC, not a script: half the Redis CPU of an EVALSHA, and the
         // lease entry removed tells whether the lease was still there.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (task, started_at, completed_at) in done {
-            let key = keys::task(&task.task_id);
-            pipe.cmd("ZREM").arg(keys::lease(keys::shard_of(&task.user_id))).arg(&task.task_id);
+        for run in done {
+            let key = keys::task(run.task_id);
+            pipe.cmd("ZREM").arg(keys::lease(keys::shard_of(run.user_id))).arg(run.task_id);
             pipe.cmd("HSET").arg(&key).arg("state").arg("completed").arg("owner").arg("");
-            pipe.arg("started_at").arg(started_at).arg("completed_at").arg(completed_at).ignore();
+            pipe.arg("started_at").arg(run.started_at).arg("completed_at").arg(run.completed_at).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(keep.as_millis() as u64).ignore();
         }
         let removed: Vec<i64> = self.run(async |c| pipe.query_async(c).await).await?;

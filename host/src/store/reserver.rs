@@ -1,9 +1,10 @@
 //! Reservations, coalesced: the reservations a worker has waiting at one moment go to
 //! Redis together, as one `reserve.lua` call. A reservation that finds nothing in flight
 //! goes at once; under load, the ones that arrive while a call is out wait for the next
-//! call, and go to Redis in the order they were made. Redis's fixed cost per script call (argument tables, the reply, the
-//! AOF's MULTI/EXEC framing) is then paid once per batch instead of once per decision,
-//! and the decisions inside a batch are the same as if each had been its own call.
+//! call, and go to Redis in the order they were made. Redis's fixed cost per script call
+//! (argument tables, the reply, the AOF's MULTI/EXEC framing) and the worker's round trips
+//! are then paid once per batch, and the decisions inside a batch are the same as if each
+//! had been its own call.
 
 use redis::aio::ConnectionManager;
 use redis::{RedisWrite, ToRedisArgs};
