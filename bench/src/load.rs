@@ -2,10 +2,11 @@
 //! `POST /task` for a random user of a fixed population, closed-loop (as fast as answers
 //! come) or paced to a target rate. Latencies are kept per status code.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use anyhow::Context;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What one load phase measured.
@@ -74,16 +75,15 @@ async fn connection(
     deadline: Instant,
     budget: Option<u64>,
 ) -> anyhow::Result<Phase> {
-    let stream = TcpStream::connect(("127.0.0.1", load.port)).await?;
+    let mut stream = TcpStream::connect(("127.0.0.1", load.port)).await?;
     stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::task::spawn_local(conn);
     let interval = load.rate.map(|r| Duration::from_secs_f64(load.connections as f64 / r));
     // Paced connections start staggered, so they do not send in lockstep bursts.
     let mut next =
         Instant::now() + interval.map_or(Duration::ZERO, |every| every * index as u32 / load.connections as u32);
     let mut phase = Phase::default();
     let mut sent = 0u64;
+    let (mut request, mut response) = (Vec::with_capacity(256), Vec::with_capacity(1024));
     while Instant::now() < deadline && budget.is_none_or(|b| sent < b) {
         if let Some(every) = interval {
             tokio::time::sleep_until(next.into()).await;
@@ -93,30 +93,58 @@ async fn connection(
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let body = format!(r#"{{"user_id":"user-{}"}}"#, seed % load.users);
-        let req = hyper::Request::post("/task")
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+        request.clear();
+        write!(
+            request,
+            "POST /task HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let t0 = Instant::now();
         sent += 1;
-        let response = match sender.send_request(req).await {
-            Ok(r) => r,
-            Err(_) => {
-                phase.errors += 1;
-                break;
-            }
+        let answer = match stream.write_all(&request).await {
+            Ok(()) => read_response(&mut stream, &mut response).await?,
+            Err(_) => None,
         };
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let Some((status, body)) = answer else {
+            phase.errors += 1;
+            break;
+        };
         phase.latencies.entry(status).or_default().push(t0.elapsed().as_micros() as u32);
         if load.keep_queued && status == 202 {
-            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let v: serde_json::Value = serde_json::from_slice(body)?;
             if let (Some(id), Some(at)) = (v["task_id"].as_str(), v["run_at"].as_i64()) {
                 phase.queued.push((id.to_owned(), at));
             }
         }
     }
     Ok(phase)
+}
+
+/// Read one HTTP/1.1 response with a `content-length` body (every answer of Sluice's has
+/// one) into `buf`: its status and body, or `None` if the connection closed first. A
+/// plain read loop rather than an HTTP client library: the generator shares the machine
+/// with what it measures, so it should cost as little of it as it can.
+async fn read_response<'b>(stream: &mut TcpStream, buf: &'b mut Vec<u8>) -> anyhow::Result<Option<(u16, &'b [u8])>> {
+    buf.clear();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut head = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = head.parse(buf)? {
+            let status = head.code.context("response without a status")?;
+            let length = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"));
+            let length: usize =
+                std::str::from_utf8(length.context("response without content-length")?.value)?.parse()?;
+            while buf.len() < head_len + length {
+                if stream.read_buf(buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+            return Ok(Some((status, &buf[head_len..head_len + length])));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
 }
 
 /// The `q`-quantile (0..=1) of unsorted microsecond samples, in milliseconds.

@@ -31,6 +31,9 @@ async fn bench() -> anyhow::Result<()> {
     let users: u64 = env_or("BENCH_USERS", 10_000);
     let connections: usize = env_or("BENCH_CONNECTIONS", 50);
     let backlog: u64 = env_or("BENCH_BACKLOG", 100_000);
+    // Pace the measured rounds instead of driving them as fast as answers come: CPU per
+    // request of two builds is then compared under the same load.
+    let rate: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let binary = root.join("target/release/sluice");
@@ -39,7 +42,10 @@ async fn bench() -> anyhow::Result<()> {
     std::fs::create_dir_all(scratch.join("a"))?;
     std::fs::create_dir_all(scratch.join("b"))?;
 
-    println!("throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}");
+    let pace = rate.map_or("as fast as answers come".into(), |r| format!("paced at {r} req/s"));
+    println!(
+        "throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}, {pace}"
+    );
     let redis = Redis::start(&scratch.join("a"))?;
     let sluice = Sluice::start(&binary, &redis, &scratch.join("a"), &policies, workers)?;
     let base = Load {
@@ -56,17 +62,27 @@ async fn bench() -> anyhow::Result<()> {
     let mut rounds = Vec::new();
     for round in 0..runs {
         let pids = sluice.workers();
-        let (cmds0, cpu0, rcpu0) =
-            (redis.commands()?, pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(), cpu_seconds(redis.pid()));
-        let mut phase = load::run(Load { duration: Duration::from_secs(secs), seed: 7 + round as u64, ..base }).await?;
-        let (cmds1, cpu1, rcpu1) =
-            (redis.commands()?, pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(), cpu_seconds(redis.pid()));
+        let (cmds0, cpu0, rcpu0, lcpu0) = (
+            redis.commands()?,
+            pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
+            cpu_seconds(redis.pid()),
+            cpu_seconds(std::process::id()),
+        );
+        let mut phase =
+            load::run(Load { duration: Duration::from_secs(secs), rate, seed: 7 + round as u64, ..base }).await?;
+        let (cmds1, cpu1, rcpu1, lcpu1) = (
+            redis.commands()?,
+            pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
+            cpu_seconds(redis.pid()),
+            cpu_seconds(std::process::id()),
+        );
         let n = phase.total() as f64;
         let mut summary = latency_summary(&mut phase);
         summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
         summary["redis_commands_per_request"] = json!(round2((cmds1 - cmds0) as f64 / n));
         summary["sluice_cpu_s_per_1000"] = json!(round3((cpu1 - cpu0) / n * 1000.0));
         summary["redis_cpu_s_per_1000"] = json!(round3((rcpu1 - rcpu0) / n * 1000.0));
+        summary["load_generator_cpu_s_per_1000"] = json!(round3((lcpu1 - lcpu0) / n * 1000.0));
         println!("  round {}: {}", round + 1, summary);
         rounds.push(summary);
     }
@@ -215,8 +231,8 @@ fn print_table(r: &serde_json::Value) {
     println!("| at half of peak: p50 / p99 ms | {} / {} |", h["p50_ms"], h["p99_ms"]);
     println!("| Redis commands per request | {} |", m["redis_commands_per_request"]);
     println!(
-        "| CPU s per 1,000 req: Sluice / Redis | {} / {} |",
-        m["sluice_cpu_s_per_1000"], m["redis_cpu_s_per_1000"]
+        "| CPU s per 1,000 req: Sluice / Redis / load generator | {} / {} / {} |",
+        m["sluice_cpu_s_per_1000"], m["redis_cpu_s_per_1000"], m["load_generator_cpu_s_per_1000"]
     );
     println!("| peak RSS per worker MiB | {} |", r["peak_rss_mib_per_worker"]);
     let q = &r["queue"];

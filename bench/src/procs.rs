@@ -117,11 +117,12 @@ impl Drop for Sluice {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
+/// CPU seconds (user + system) a process and its waited-for children have used.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+    // utime, stime, and those of waited-for children (Redis's AOF rewrites are its cost too)
+    let ticks: f64 = [11, 12, 13, 14].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
     ticks / 100.0
 }
 

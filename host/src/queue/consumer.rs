@@ -13,6 +13,11 @@ use super::Runner;
 const BATCH: usize = 256;
 /// Longest sleep between claims: bounds how late a task stored by another worker starts.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Shortest time between the starts of two claims, unless the last one filled its batch.
+/// A claim reads every shard, so under a steady stream of due tasks claiming as soon as
+/// the previous round ends costs Redis far more per task than it saves in lateness:
+/// this caps a worker at 100 rounds a second and a task's extra wait at 10 ms.
+const MIN_CLAIM_INTERVAL: Duration = Duration::from_millis(10);
 /// Pause after a failed claim (Redis unavailable).
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How often the clock is realigned with Redis.
@@ -47,6 +52,7 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         if cancel.is_cancelled() {
             return;
         }
+        let round = tokio::time::Instant::now();
         if last_sync.elapsed() > CLOCK_SYNC && runner.clock.sync(&runner.store).await.is_ok() {
             last_sync = tokio::time::Instant::now();
         }
@@ -73,6 +79,10 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
             () = wake.notify.notified() => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(round + MIN_CLAIM_INTERVAL) => {}
         }
     }
 }

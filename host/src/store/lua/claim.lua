@@ -13,24 +13,30 @@ local out = {now, -1}
 local next_wake = nil
 
 local function task_key(id) return ARGV[4] .. '{' .. id .. '}' end
-local function earliest(key)
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local s = tonumber(first[2])
-    if next_wake == nil or s < next_wake then next_wake = s end
-  end
+local function wake_at(at)
+  if at and (next_wake == nil or at < next_wake) then next_wake = at end
+end
+-- The lowest score of a zset, or nil when it is empty.
+local function first(key)
+  return tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
 end
 
 for i = 1, #KEYS, 2 do
   local due, lease = KEYS[i], KEYS[i + 1]
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)) do
-    redis.call('ZREM', lease, id)
-    local run_at = redis.call('HGET', task_key(id), 'run_at')
-    if run_at then
-      redis.call('ZADD', due, run_at, id)
-      redis.call('HSET', task_key(id), 'state', 'queued', 'owner', '')
+  -- One read tells whether any lease expired and, if none did, when the next one will.
+  local expiry = first(lease)
+  if expiry and expiry <= now then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)) do
+      redis.call('ZREM', lease, id)
+      local run_at = redis.call('HGET', task_key(id), 'run_at')
+      if run_at then
+        redis.call('ZADD', due, run_at, id)
+        redis.call('HSET', task_key(id), 'state', 'queued', 'owner', '')
+      end
     end
+    expiry = first(lease)
   end
+  wake_at(expiry)
   if budget > 0 then
     -- The due tasks are the lowest ranks: take them out with one command, lease them with one.
     local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, budget)
@@ -48,10 +54,12 @@ for i = 1, #KEYS, 2 do
         budget = budget - 1
       end
     end
-    if #leases > 0 then redis.call('ZADD', lease, unpack(leases)) end
+    if #leases > 0 then
+      redis.call('ZADD', lease, unpack(leases))
+      wake_at(lease_until)
+    end
   end
-  earliest(due)
-  earliest(lease)
+  wake_at(first(due))
 end
 if next_wake ~= nil then out[2] = next_wake end
 return out
