@@ -2,7 +2,9 @@
 # The ceiling Sluice is compared with: `redis-benchmark` of the decision script alone
 # (`reserve.lua`, one task per call, two windows: 1 per s and 20 per min, random users of
 # 10,000) against its own Redis with the settings `just bench` uses (unix socket, AOF
-# everysec). Prints calls per second for `-P 1` three times, then `-P 16`.
+# everysec). Prints calls per second for `-P 1` three times, then `-P 16`. A cheaper workload
+# than Sluice's: each __rand_int__ is drawn on its own (a call's keys name different users),
+# and the 10,000 task ids are overwritten instead of piling up as queued tasks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d)

@@ -101,8 +101,10 @@ async fn connection(
         )?;
         let t0 = Instant::now();
         sent += 1;
+        // A failed write, a closed connection or a malformed answer: an error, and this
+        // connection stops.
         let answer = match stream.write_all(&request).await {
-            Ok(()) => read_response(&mut stream, &mut response).await?,
+            Ok(()) => read_response(&mut stream, &mut response).await.unwrap_or(None),
             Err(_) => None,
         };
         let Some((status, body)) = answer else {
