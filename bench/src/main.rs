@@ -62,20 +62,15 @@ async fn bench() -> anyhow::Result<()> {
     let mut rounds = Vec::new();
     for round in 0..runs {
         let pids = sluice.workers();
-        let (cmds0, cpu0, rcpu0, lcpu0) = (
-            redis.commands()?,
-            pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
-            cpu_seconds(redis.pid()),
-            cpu_seconds(std::process::id()),
-        );
+        // Redis commands, then CPU seconds of the workers, Redis and this load generator.
+        let counters = || -> anyhow::Result<(u64, f64, f64, f64)> {
+            let workers = pids.iter().map(|p| cpu_seconds(*p)).sum();
+            Ok((redis.commands()?, workers, cpu_seconds(redis.pid()), cpu_seconds(std::process::id())))
+        };
+        let (cmds0, cpu0, rcpu0, lcpu0) = counters()?;
         let mut phase =
             load::run(Load { duration: Duration::from_secs(secs), rate, seed: 7 + round as u64, ..base }).await?;
-        let (cmds1, cpu1, rcpu1, lcpu1) = (
-            redis.commands()?,
-            pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
-            cpu_seconds(redis.pid()),
-            cpu_seconds(std::process::id()),
-        );
+        let (cmds1, cpu1, rcpu1, lcpu1) = counters()?;
         let n = phase.total() as f64;
         let mut summary = latency_summary(&mut phase);
         summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
