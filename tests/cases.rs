@@ -1,11 +1,14 @@
 //! The shared reservation cases (`limiter-wasm/cases/reserve.json`) against the real
 //! `reserve.lua` on a real Redis, with the script's clock set per call. The same table
-//! runs against the in-memory double in `limiter-wasm`, so the two cannot drift.
+//! runs against the in-memory double in `limiter-wasm`, so the two cannot drift. And a
+//! task's status as the scripts leave it.
 
 use std::future::Future;
 use std::time::Duration;
 
+use sluice::completion_log::Completion;
 use sluice::store::{NewTask, Reserved, SlotRule, Store, StoreError};
+use sluice::task::TaskState;
 
 use crate::support::RedisServer;
 
@@ -37,7 +40,7 @@ async fn shared_cases_hold_for_the_redis_scripts() {
                 not_before_ms: 0,
                 now_ms: Some(BASE_MS + call[0].as_i64().expect("at")),
             };
-            let got = match store.reserve(&task, &rule, Duration::from_secs(60), "cases").await.expect("reserve") {
+            let got = match store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve") {
                 Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => {
                     ("reserved", slot_ms - BASE_MS)
                 }
@@ -72,7 +75,7 @@ async fn concurrent_reservations_share_script_calls_and_keep_the_schedule() {
     type Answer<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Reserved, StoreError>> + Send + 'a>>;
     let mut pending: Vec<Answer<'_>> = Vec::new();
     for task in &tasks {
-        let mut fut = Box::pin(store.reserve(task, &rule, Duration::from_secs(60), "cases"));
+        let mut fut = Box::pin(store.reserve(task, &rule, Duration::from_secs(60)));
         match std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await {
             std::task::Poll::Ready(answered) => pending.push(Box::pin(std::future::ready(answered))),
             std::task::Poll::Pending => pending.push(fut),
@@ -102,7 +105,7 @@ async fn a_busy_users_starts_stay_few() {
     for i in 0..300 {
         let task = NewTask { task_id: format!("b{i}"), user_id: "busy".into(), payload: "null".into() };
         let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(now), ..SlotRule::default() };
-        now = match store.reserve(&task, &rule, Duration::from_secs(60), "cases").await.expect("reserve") {
+        now = match store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve") {
             Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms,
             Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
         };
@@ -110,4 +113,63 @@ async fn a_busy_users_starts_stay_few() {
     }
     assert!(largest <= 11, "the start set grew to {largest} entries");
     assert!(largest >= 6, "the start set never held two periods: {largest}");
+}
+
+/// Nothing writes "running" down: leased is running, in the due index is queued, and
+/// acknowledged is completed. A lease that runs out puts the task back in the queue.
+#[tokio::test]
+async fn a_tasks_status_is_where_the_scripts_put_it() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let status = async |id: &str| store.task(id).await.expect("read").map(|v| v.status);
+    let task = |id: &str| NewTask { task_id: id.into(), user_id: "ann".into(), payload: "null".into() };
+    let rule = SlotRule { windows: vec![(1, 300)], ..SlotRule::default() };
+    let lease = Duration::from_millis(400);
+    assert!(matches!(store.reserve(&task("a"), &rule, lease).await, Ok(Reserved::Admitted { .. })));
+    assert!(matches!(store.reserve(&task("b"), &rule, lease).await, Ok(Reserved::Queued { .. })));
+    assert_eq!(status("a").await, Some(TaskState::Running));
+    assert_eq!(status("b").await, Some(TaskState::Queued));
+    assert_eq!(status("c").await, None);
+
+    // b is due after 300 ms; a's lease runs out after 400. A claim of nothing still
+    // returns expired leases to the queue.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(store.claim(0, lease).await.expect("claim").tasks.is_empty());
+    assert_eq!((status("a").await, status("b").await), (Some(TaskState::Queued), Some(TaskState::Queued)));
+    let claimed = store.claim(10, Duration::from_secs(5)).await.expect("claim").tasks;
+    let ids: Vec<(&str, &str)> = claimed.iter().map(|t| (t.task_id.as_str(), t.user_id.as_str())).collect();
+    assert_eq!(ids, [("a", "ann"), ("b", "ann")]);
+    assert_eq!((status("a").await, status("b").await), (Some(TaskState::Running), Some(TaskState::Running)));
+
+    let done = Completion { user_id: "ann", task_id: "a", started_at: 1, completed_at: 2 };
+    assert_eq!(store.ack(&[done], Duration::from_secs(60)).await.expect("ack"), [true]);
+    let view = store.task("a").await.expect("read").expect("kept");
+    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(1), Some(2)));
+    assert_eq!(status("b").await, Some(TaskState::Running));
+}
+
+/// Tasks an earlier version left in its 16 shards move into the one due index and lease
+/// set with their scores, and are then claimed like any other (an expired lease first
+/// goes back to the queue).
+#[tokio::test]
+async fn an_earlier_versions_shards_are_adopted() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let record = |id: &str, user: &str, run_at: &str| {
+        redis.cli(&["HSET", &format!("sluice:task:{{{id}}}"), "user_id", user, "payload", "null", "run_at", run_at]);
+        redis.cli(&["HSET", &format!("sluice:task:{{{id}}}"), "created_at", "1000", "state", "queued"]);
+    };
+    record("old1", "ann", "1000");
+    redis.cli(&["ZADD", "sluice:due:{5}", "1000", "old1"]);
+    record("old2", "bob", "2000");
+    redis.cli(&["ZADD", "sluice:lease:{12}", "3000", "old2"]);
+    assert_eq!(store.adopt_shards().await.expect("adopt"), 2);
+    assert_eq!(store.adopt_shards().await.expect("adopt again"), 0);
+    assert_eq!(redis.cli(&["EXISTS", "sluice:due:{5}", "sluice:lease:{12}"]).trim(), "0");
+    assert_eq!(store.task("old2").await.expect("read").map(|v| v.status), Some(TaskState::Running));
+
+    let claimed = store.claim(10, Duration::from_secs(5)).await.expect("claim").tasks;
+    let got: Vec<(&str, &str, i64)> =
+        claimed.iter().map(|t| (t.task_id.as_str(), t.user_id.as_str(), t.run_at)).collect();
+    assert_eq!(got, [("old1", "ann", 1000), ("old2", "bob", 2000)]);
 }

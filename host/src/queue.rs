@@ -43,8 +43,6 @@ pub struct Runner {
     pub log: Arc<CompletionLog>,
     /// The Redis-aligned clock.
     pub clock: Arc<Clock>,
-    /// This worker's lease owner token.
-    pub owner: Arc<str>,
     /// Lease taken on claimed tasks.
     pub lease: Duration,
     /// How long a completed task stays readable.

@@ -8,6 +8,7 @@ mod reserver;
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,6 +42,7 @@ impl From<redis::RedisError> for StoreError {
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/reserve.lua")));
 static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/cancel.lua")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/claim.lua")));
+static ADOPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/adopt.lua")));
 
 /// A task to reserve a start for.
 #[derive(Debug, Clone)]
@@ -132,14 +134,8 @@ impl Store {
 
     /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`, together
     /// with whatever other reservations of this worker are waiting: see [`reserver`]).
-    pub async fn reserve(
-        &self,
-        task: &NewTask,
-        rule: &SlotRule,
-        lease: Duration,
-        owner: &str,
-    ) -> Result<Reserved, StoreError> {
-        let (pending, answer) = reserver::Pending::new(task, rule, lease, owner);
+    pub async fn reserve(&self, task: &NewTask, rule: &SlotRule, lease: Duration) -> Result<Reserved, StoreError> {
+        let (pending, answer) = reserver::Pending::new(task, rule, lease);
         let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
         let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout));
         queue.send(pending).map_err(|_| stopped())?;
@@ -152,24 +148,16 @@ impl Store {
 
     /// Undo a reservation (`cancel.lua`).
     pub async fn cancel(&self, task_id: &str, user_id: &str) -> Result<(), StoreError> {
-        let shard = keys::shard_of(user_id);
         let mut inv = CANCEL.prepare_invoke();
-        inv.key(keys::starts(user_id))
-            .key(keys::task(task_id))
-            .key(keys::due(shard))
-            .key(keys::lease(shard))
-            .arg(task_id);
+        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE).arg(task_id);
         let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
         Ok(())
     }
 
-    /// Claim up to `max` due tasks from every shard, leased to `owner` (`claim.lua`).
-    pub async fn claim(&self, max: usize, lease: Duration, owner: &str) -> Result<Claim, StoreError> {
+    /// Claim up to `max` due tasks and lease them (`claim.lua`).
+    pub async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, StoreError> {
         let mut inv = CLAIM.prepare_invoke();
-        for shard in 0..keys::SHARDS {
-            inv.key(keys::due(shard)).key(keys::lease(shard));
-        }
-        inv.arg(max).arg(lease.as_millis() as u64).arg(owner).arg(keys::TASK_PREFIX);
+        inv.key(keys::DUE).key(keys::LEASE).arg(max).arg(lease.as_millis() as u64).arg(keys::TASK_PREFIX);
         let reply: Vec<redis::Value> = self.run(async |c| inv.invoke_async(c).await).await?;
         parse_claim(reply)
     }
@@ -184,9 +172,9 @@ impl Store {
         pipe.atomic();
         for run in done {
             let key = keys::task(run.task_id);
-            pipe.cmd("ZREM").arg(keys::lease(keys::shard_of(run.user_id))).arg(run.task_id);
-            pipe.cmd("HSET").arg(&key).arg("state").arg("completed").arg("owner").arg("");
-            pipe.arg("started_at").arg(run.started_at).arg("completed_at").arg(run.completed_at).ignore();
+            pipe.cmd("ZREM").arg(keys::LEASE).arg(run.task_id);
+            pipe.cmd("HSET").arg(&key).arg("started_at").arg(run.started_at);
+            pipe.arg("completed_at").arg(run.completed_at).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(keep.as_millis() as u64).ignore();
         }
         let removed: Vec<i64> = self.run(async |c| pipe.query_async(c).await).await?;
@@ -196,12 +184,35 @@ impl Store {
         Ok(removed.into_iter().map(|n| n == 1).collect())
     }
 
-    /// A task's record, if it exists.
+    /// A task as it is now, if it exists. Its record says when it completed; that it runs
+    /// is not written down but is its lease (see `claim.lua`), read with the record again
+    /// in one atomic step so a task that completes in between is not shown as queued.
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
+        type Fields = HashMap<String, String>;
         let key = keys::task(task_id);
-        let fields: std::collections::HashMap<String, String> =
-            self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
-        Ok(task_view(task_id, &fields))
+        let fields: Fields = self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
+        if !fields.contains_key("user_id") {
+            return Ok(None);
+        }
+        if fields.contains_key("completed_at") {
+            return Ok(task_view(task_id, &fields, false));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("ZSCORE").arg(keys::LEASE).arg(task_id).cmd("HGETALL").arg(&key);
+        let (lease, fields): (Option<f64>, Fields) = self.run(async |c| pipe.query_async(c).await).await?;
+        Ok(task_view(task_id, &fields, lease.is_some()))
+    }
+
+    /// Move queued and running tasks that an earlier version left in its 16 shards into
+    /// the one due index and lease set (`adopt.lua`); how many entries moved.
+    pub async fn adopt_shards(&self) -> Result<u64, StoreError> {
+        let mut inv = ADOPT.prepare_invoke();
+        inv.key(keys::DUE).key(keys::LEASE);
+        for n in 0..keys::OLD_SHARDS {
+            let (due, lease) = keys::old_shard(n);
+            inv.key(due).key(lease);
+        }
+        self.run(async |c| inv.invoke_async(c).await).await
     }
 
     /// Redis's clock, unix ms.
@@ -240,12 +251,12 @@ fn parse_claim(reply: Vec<redis::Value>) -> Result<Claim, StoreError> {
     Ok(Claim { now_ms: int(&head[0])?, next_wake_ms: (next >= 0).then_some(next), tasks })
 }
 
-fn task_view(task_id: &str, f: &std::collections::HashMap<String, String>) -> Option<TaskView> {
+fn task_view(task_id: &str, f: &HashMap<String, String>, leased: bool) -> Option<TaskView> {
     let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
-    let status = match f.get("state")?.as_str() {
-        "queued" => TaskState::Queued,
-        "running" => TaskState::Running,
-        _ => TaskState::Completed,
+    let status = match (num("completed_at"), leased) {
+        (Some(_), _) => TaskState::Completed,
+        (None, true) => TaskState::Running,
+        (None, false) => TaskState::Queued,
     };
     Some(TaskView {
         task_id: task_id.to_owned(),

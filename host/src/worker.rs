@@ -59,15 +59,8 @@ impl Worker {
         }
         let log = CompletionLog::open(&config.task_log)
             .with_context(|| format!("opening TASK_LOG {}", config.task_log.display()))?;
-        let owner: Arc<str> = format!("{worker_id}:{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()).into();
-        let runner = Runner {
-            store: store.clone(),
-            log: Arc::new(log),
-            clock,
-            owner,
-            lease: config.lease,
-            task_ttl: config.task_ttl,
-        };
+        let runner =
+            Runner { store: store.clone(), log: Arc::new(log), clock, lease: config.lease, task_ttl: config.task_ttl };
         let wake = Arc::new(Wake::default());
         let producer = Producer { registry: registry.clone(), runner: runner.clone(), wake: wake.clone() };
         let state = AppState {

@@ -20,8 +20,6 @@ pub struct CallContext {
     pub task: Arc<NewTask>,
     /// Lease to take when the task is admitted.
     pub lease: Duration,
-    /// This worker's lease owner token.
-    pub owner: Arc<str>,
     /// The Redis-aligned clock.
     pub clock: Arc<Clock>,
 }
@@ -132,7 +130,7 @@ async fn take(caller: &mut Caller<'_, HostState>, rule: SlotRule, out_ptr: i32) 
         return Ok(ERR_ALREADY_RESERVED);
     }
     let outcome = match caller.data().call.clone() {
-        Some(call) => call.store.reserve(&call.task, &rule, call.lease, &call.owner).await,
+        Some(call) => call.store.reserve(&call.task, &rule, call.lease).await,
         None => Ok(Reserved::Queued { slot_ms: local_ms() + 1_000, now_ms: local_ms() }),
     };
     let reserved = match outcome {

@@ -60,7 +60,6 @@ impl Producer {
             store: self.runner.store.clone(),
             task: task.clone(),
             lease: self.runner.lease,
-            owner: self.runner.owner.clone(),
             clock: self.runner.clock.clone(),
         };
         match policy.decide(call, &request).await {
@@ -111,7 +110,7 @@ impl Producer {
     async fn store_at(&self, task: &NewTask, not_before_ms: i64) -> Result<Reserved, PolicyError> {
         let rule = SlotRule { not_before_ms, ..SlotRule::default() };
         let store = &self.runner.store;
-        Ok(store.reserve(task, &rule, self.runner.lease, &self.runner.owner).await?)
+        Ok(store.reserve(task, &rule, self.runner.lease).await?)
     }
 
     async fn run_now(&self, task: &NewTask, run_at: i64) -> Submitted {

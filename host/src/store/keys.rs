@@ -1,13 +1,20 @@
 //! Every Redis key Sluice uses, built here and nowhere else. One user's keys carry the
-//! user id as a hash tag (`{user}`) so they share a Redis Cluster slot; the due index
-//! shared by all users is split into [`SHARDS`] keys so no single key is hot.
+//! user id as a hash tag (`{user}`). The due index and the lease set are one key each:
+//! the scripts need a single Redis anyway (they touch a user's keys and the queue
+//! together), and one index lets a claim take a whole batch with a few commands.
 
 /// Prefix of every key.
 pub const PREFIX: &str = "sluice";
-/// Number of due-index and lease shards.
-pub const SHARDS: u32 = 16;
 /// Prefix of task keys; the task key is this, then `{task id}` (see `claim.lua`).
 pub const TASK_PREFIX: &str = "sluice:task:";
+/// The due index (zset: queued task id -> run-at ms).
+pub const DUE: &str = "sluice:due";
+/// The lease set (zset: running task id -> lease expiry ms).
+pub const LEASE: &str = "sluice:lease";
+/// Versions before 2026-12-02 split the due index and the lease set into this many
+/// shards, `sluice:due:{n}` and `sluice:lease:{n}`; [`crate::store::Store::adopt_shards`]
+/// folds them into [`DUE`] and [`LEASE`].
+pub const OLD_SHARDS: u32 = 16;
 
 /// A user's reserved start times (zset: task id -> start ms).
 pub fn starts(user: &str) -> String {
@@ -24,20 +31,9 @@ pub fn task(task_id: &str) -> String {
     format!("{TASK_PREFIX}{{{task_id}}}")
 }
 
-/// Due index of one shard (zset: task id -> run-at ms).
-pub fn due(shard: u32) -> String {
-    format!("{PREFIX}:due:{{{shard}}}")
-}
-
-/// Lease set of one shard (zset: task id -> lease expiry ms).
-pub fn lease(shard: u32) -> String {
-    format!("{PREFIX}:lease:{{{shard}}}")
-}
-
-/// The shard of a user: FNV-1a of the id, so it is stable across processes and versions.
-pub fn shard_of(user: &str) -> u32 {
-    let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    (hash % u64::from(SHARDS)) as u32
+/// Shard `n` of the due index and of the lease set of earlier versions.
+pub fn old_shard(n: u32) -> (String, String) {
+    (format!("{DUE}:{{{n}}}"), format!("{LEASE}:{{{n}}}"))
 }
 
 #[cfg(test)]
@@ -47,8 +43,8 @@ mod tests {
     #[test]
     fn user_keys_share_a_hash_tag() {
         assert_eq!(starts("alice"), "sluice:{alice}:starts");
+        assert_eq!(bucket("alice"), "sluice:{alice}:tat");
         assert_eq!(task("t1"), "sluice:task:{t1}");
-        assert!(shard_of("alice") < SHARDS);
-        assert_eq!(shard_of("alice"), shard_of("alice"));
+        assert_eq!(old_shard(3), ("sluice:due:{3}".into(), "sluice:lease:{3}".into()));
     }
 }

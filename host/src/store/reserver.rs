@@ -30,27 +30,24 @@ impl Pending {
         task: &NewTask,
         rule: &SlotRule,
         lease: Duration,
-        owner: &str,
     ) -> (Self, oneshot::Receiver<Result<Reserved, StoreError>>) {
-        let shard = keys::shard_of(&task.user_id);
         let keys = [
             keys::starts(&task.user_id),
             keys::task(&task.task_id),
-            keys::due(shard),
-            keys::lease(shard),
+            keys::DUE.to_owned(),
+            keys::LEASE.to_owned(),
             keys::bucket(&task.user_id),
         ];
-        let mut args = Vec::with_capacity(11 + 2 * rule.windows.len());
+        let mut args = Vec::with_capacity(10 + 2 * rule.windows.len());
         let (interval, burst) = rule.bucket.unwrap_or((0, 1));
         let max_delay = rule.max_delay_ms.map_or(-1, |d| d as i64);
         task.task_id.write_redis_args(&mut args);
         task.user_id.write_redis_args(&mut args);
         task.payload.write_redis_args(&mut args);
-        for n in [max_delay, rule.not_before_ms, lease.as_millis() as i64] {
-            args.write_arg_fmt(n);
-        }
-        owner.write_redis_args(&mut args);
-        for n in [rule.now_ms.unwrap_or(0), interval as i64, burst as i64, rule.windows.len() as i64] {
+        let now = rule.now_ms.unwrap_or(0);
+        let windows = rule.windows.len() as i64;
+        for n in [max_delay, rule.not_before_ms, lease.as_millis() as i64, now, interval as i64, burst as i64, windows]
+        {
             args.write_arg_fmt(n);
         }
         for (limit, window_ms) in &rule.windows {

@@ -2,7 +2,7 @@
 -- reserving): forget the start and the task. Freeing the slot can only make later
 -- reservations conservative, never over-admit. (A bucket's TAT is left advanced: also
 -- conservative.)
--- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] due shard, KEYS[4] lease shard
+-- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] the due index, KEYS[4] the lease set
 -- ARGV[1] task id
 -- Returns 1.
 redis.call('ZREM', KEYS[1], ARGV[1])

@@ -8,14 +8,14 @@
 -- bucket, the slot is max(now, not-before).
 -- Per task, five keys:
 --   the user's reserved starts (zset: task id -> start ms), the task (hash), the due
---   index shard of the user (zset: task id -> run-at ms), the lease shard of the user
---   (zset: task id -> lease expiry ms), the user's bucket TAT (string, ms)
--- and 11 + 2n arguments:
+--   index (zset: task id -> run-at ms), the lease set (zset: task id -> lease expiry ms),
+--   the user's bucket TAT (string, ms)
+-- and 10 + 2n arguments:
 --   task id, user id, payload JSON, max delay ms (-1: unbounded), not-before ms (0: none),
---   lease ms, lease owner, now ms (0: Redis TIME; tests set it), bucket interval ms
---   (0: no bucket), bucket burst, window count n, then n pairs of limit, window ms.
+--   lease ms, now ms (0: Redis TIME; tests set it), bucket interval ms (0: no bucket),
+--   bucket burst, window count n, then n pairs of limit, window ms.
 -- Returns status, slot ms, now ms per task: status 0 = too far (nothing written),
--- 1 = admitted (task leased to the owner, state running), 2 = queued.
+-- 1 = admitted (task stored and leased: running), 2 = queued (stored, in the due index).
 local redis_now
 local function now_of(arg)
   local now = tonumber(arg)
@@ -29,10 +29,10 @@ end
 
 local function reserve(k, a)
   local starts, task, due, lease, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local now = now_of(ARGV[a + 7])
-  local n = tonumber(ARGV[a + 10])
+  local now = now_of(ARGV[a + 6])
+  local n = tonumber(ARGV[a + 9])
   local slot = math.max(now, tonumber(ARGV[a + 4]))
-  local interval, burst = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local interval, burst = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
   local tat = now
   if interval > 0 then
     tat = math.max(now, tonumber(redis.call('GET', bucket) or '0'))
@@ -41,7 +41,7 @@ local function reserve(k, a)
 
   local max_window = 0
   for i = 0, n - 1 do
-    max_window = math.max(max_window, tonumber(ARGV[a + 12 + 2 * i]))
+    max_window = math.max(max_window, tonumber(ARGV[a + 11 + 2 * i]))
   end
   -- Ranks count from the newest start, so starts that already left every window (kept
   -- until the next housekeeping below) sit at the far end and never constrain a slot.
@@ -52,7 +52,7 @@ local function reserve(k, a)
       last_start = tonumber(last[2])
       slot = math.max(slot, last_start)
       for i = 0, n - 1 do
-        local limit, window = tonumber(ARGV[a + 11 + 2 * i]), tonumber(ARGV[a + 12 + 2 * i])
+        local limit, window = tonumber(ARGV[a + 10 + 2 * i]), tonumber(ARGV[a + 11 + 2 * i])
         local nth = last_start
         if limit > 1 then
           nth = redis.call('ZRANGE', starts, -limit, -limit, 'WITHSCORES')[2]
@@ -81,14 +81,13 @@ local function reserve(k, a)
     local new_tat = math.max(tat, slot) + interval
     redis.call('SET', bucket, new_tat, 'PX', new_tat - now)
   end
+  -- A task's state is where it is: leased (running), in the due index (queued), or
+  -- completed (the ack writes its times); the record itself never says.
+  redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot, 'created_at', now)
   if slot <= now then
-    redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot, 'created_at', now,
-      'state', 'running', 'owner', ARGV[a + 6])
     redis.call('ZADD', lease, now + tonumber(ARGV[a + 5]), ARGV[a])
     return 1, slot, now, n
   end
-  redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot, 'created_at', now,
-    'state', 'queued')
   redis.call('ZADD', due, slot, ARGV[a])
   return 2, slot, now, n
 end
@@ -100,6 +99,6 @@ for k = 1, #KEYS, 5 do
   out[#out + 1] = status
   out[#out + 1] = slot
   out[#out + 1] = now
-  a = a + 11 + 2 * n
+  a = a + 10 + 2 * n
 end
 return out
