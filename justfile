@@ -101,5 +101,4 @@ test: build-policies build-test-policies
 # Benchmark a release build on this machine: throughput, latency by outcome, Redis and CPU cost, memory, queue lateness, micro-benchmarks
 bench: build
     cargo run --release --quiet -p sluice-bench
-    bench/reserve-ceiling.sh
     cargo bench -p sluice --bench policy

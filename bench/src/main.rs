@@ -36,31 +36,28 @@ async fn bench() -> anyhow::Result<()> {
     let rate: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok()).filter(|r| *r > 0.0);
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let binary = root.join("target/release/sluice");
-    let policies = root.join("policies/dist");
+    let setup = Setup { binary: root.join("target/release/sluice"), policies: root.join("policies/dist"), workers };
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(scratch.join("a"))?;
-    std::fs::create_dir_all(scratch.join("b"))?;
 
     let pace = rate.map_or("as fast as answers come".into(), |r| format!("paced at {r} req/s"));
     println!(
         "throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}, {pace}"
     );
-    let redis = Redis::start(&scratch.join("a"))?;
-    let sluice = Sluice::start(&binary, &redis, &scratch.join("a"), &policies, workers)?;
-    let base = Load {
-        port: sluice.port,
+    println!("  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark)");
+    let load = Load {
+        port: 0,
         connections,
         users,
-        duration: Duration::from_secs(3),
-        rate: None,
+        duration: Duration::from_secs(secs),
+        rate,
         max_requests: None,
         keep_queued: false,
         seed: 1,
     };
-    load::run(base).await?; // warm-up
     let mut rounds = Vec::new();
     for round in 0..runs {
+        let dir = scratch.join(format!("round{round}"));
+        let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let pids = sluice.workers();
         // Redis commands, then CPU seconds of the workers, Redis and this load generator.
         let counters = || -> anyhow::Result<(u64, f64, f64, f64)> {
@@ -68,31 +65,35 @@ async fn bench() -> anyhow::Result<()> {
             Ok((redis.commands()?, workers, cpu_seconds(redis.pid()), cpu_seconds(std::process::id())))
         };
         let (cmds0, cpu0, rcpu0, lcpu0) = counters()?;
-        let mut phase =
-            load::run(Load { duration: Duration::from_secs(secs), rate, seed: 7 + round as u64, ..base }).await?;
+        let mut phase = load::run(Load { port: sluice.port, seed: 7 + round as u64, ..load }).await?;
         let (cmds1, cpu1, rcpu1, lcpu1) = counters()?;
+        let peak_rss: Vec<f64> = pids.iter().map(|p| round2(status_kib(*p, "VmHWM") as f64 / 1024.0)).collect();
+        drop((sluice, redis));
+        let ceiling = reserve_ceiling(&dir.join("ceiling"), users)?;
         let n = phase.total() as f64;
+        let rps = n / phase.elapsed.as_secs_f64();
         let mut summary = latency_summary(&mut phase);
-        summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
+        summary["rps"] = json!(rps.round());
+        summary["reserve_lua_alone_per_s"] = json!(ceiling.round());
+        summary["share_of_reserve_lua_alone"] = json!(round2(rps / ceiling));
         summary["redis_commands_per_request"] = json!(round2((cmds1 - cmds0) as f64 / n));
         summary["sluice_cpu_s_per_1000"] = json!(round3((cpu1 - cpu0) / n * 1000.0));
         summary["redis_cpu_s_per_1000"] = json!(round3((rcpu1 - rcpu0) / n * 1000.0));
         summary["load_generator_cpu_s_per_1000"] = json!(round3((lcpu1 - lcpu0) / n * 1000.0));
+        summary["peak_rss_mib_per_worker"] = json!(peak_rss);
         println!("  round {}: {}", round + 1, summary);
         rounds.push(summary);
     }
     let median = median_by(&rounds, "rps");
-    let peak_rps = median["rps"].as_f64().unwrap_or(0.0);
-    let mut half =
-        load::run(Load { duration: Duration::from_secs(secs), rate: Some(peak_rps / 2.0), seed: 99, ..base }).await?;
+    let half_rate = median["rps"].as_f64().unwrap_or(0.0) / 2.0;
+    let (redis, sluice) = setup.warmed_up(&scratch.join("half"), load).await?;
+    let mut half = load::run(Load { port: sluice.port, rate: Some(half_rate), seed: 99, ..load }).await?;
+    drop((sluice, redis));
     let half_summary = latency_summary(&mut half);
-    println!("  at half of the rounds' rate ({:.0} req/s): {half_summary}", peak_rps / 2.0);
-    let peak_rss_kib: Vec<u64> = sluice.workers().iter().map(|p| status_kib(*p, "VmHWM")).collect();
-    drop(sluice);
-    drop(redis);
+    println!("  at half of the median round's rate ({half_rate:.0} req/s): {half_summary}");
 
     println!("queue: {backlog} tasks over {users} users, then drain");
-    let queue = queue_phase(&binary, &policies, &scratch.join("b"), workers, users, backlog, connections).await?;
+    let queue = queue_phase(&setup, &scratch.join("queue"), users, backlog, connections).await?;
     println!("  {queue}");
     std::fs::remove_dir_all(&scratch).ok();
 
@@ -103,7 +104,6 @@ async fn bench() -> anyhow::Result<()> {
         "throughput_rounds": rounds,
         "throughput_median": median,
         "half_peak": half_summary,
-        "peak_rss_mib_per_worker": peak_rss_kib.iter().map(|k| round2(*k as f64 / 1024.0)).collect::<Vec<_>>(),
         "queue": queue,
     });
     print_table(&report);
@@ -116,19 +116,68 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every phase starts: the release Sluice, its policies, and how many workers.
+struct Setup {
+    binary: PathBuf,
+    policies: PathBuf,
+    workers: usize,
+}
+
+impl Setup {
+    /// A fresh Redis and Sluice under `dir`.
+    fn start(&self, dir: &std::path::Path) -> anyhow::Result<(Redis, Sluice)> {
+        std::fs::create_dir_all(dir)?;
+        let redis = Redis::start(dir)?;
+        let sluice = Sluice::start(&self.binary, &redis, dir, &self.policies, self.workers)?;
+        Ok((redis, sluice))
+    }
+
+    /// [`Setup::start`], then a 3 s warm-up of `load`, unpaced.
+    async fn warmed_up(&self, dir: &std::path::Path, load: Load) -> anyhow::Result<(Redis, Sluice)> {
+        let (redis, sluice) = self.start(dir)?;
+        load::run(Load { port: sluice.port, duration: Duration::from_secs(3), rate: None, ..load }).await?;
+        Ok((redis, sluice))
+    }
+}
+
+/// The ceiling Sluice is compared with: `redis-benchmark` of the decision script alone
+/// (`reserve.lua`, one task per call, not pipelined, 50 connections, two windows: 1 per s
+/// and 20 per min) on a fresh Redis started as Sluice's is. A cheaper workload than
+/// Sluice's: each `__rand_int__` is drawn on its own (a call's keys name different users),
+/// the task ids of `users` are overwritten instead of piling up, and nothing is claimed,
+/// run or acknowledged. Calls per second.
+fn reserve_ceiling(dir: &std::path::Path, users: u64) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let redis = Redis::start(dir)?;
+    let sha = redis.cli(&["SCRIPT", "LOAD", include_str!("../../host/src/store/lua/reserve.lua")])?;
+    // Keys: the user's starts, the task, the due index, the lease set, the bucket. Arguments:
+    // task id, user, payload, max delay (-1: none), not-before, lease ms, now (0: Redis
+    // TIME), bucket interval (0: none), burst, 2 windows: (1, 1000 ms), (20, 60000 ms).
+    let out = std::process::Command::new("redis-benchmark")
+        .arg("-s")
+        .arg(&redis.socket)
+        .args(["-c", "50", "-n", "200000", "-r", &users.to_string(), "-P", "1", "-q", "evalsha", sha.trim(), "5"])
+        .args(["sluice:{u__rand_int__}:starts", "sluice:task:{t__rand_int__}", "sluice:due", "sluice:lease"])
+        .args(["sluice:{u__rand_int__}:tat", "t__rand_int__", "u__rand_int__", "{}", "-1", "0", "30000", "0", "0"])
+        .args(["1", "2", "1", "1000", "20", "60000"])
+        .output()
+        .context("running redis-benchmark (Debian: redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.split(['\r', '\n']).rfind(|l| l.contains("requests per second"));
+    let calls = last.and_then(|l| l.split(": ").last()?.split_whitespace().next()?.parse().ok());
+    calls.with_context(|| format!("unexpected redis-benchmark output: {text}"))
+}
+
 /// Fill a fresh Sluice with `backlog` tasks, wait for the queue to drain, report lateness
 /// of the queued ones and worker memory along the way.
 async fn queue_phase(
-    binary: &std::path::Path,
-    policies: &std::path::Path,
+    setup: &Setup,
     dir: &std::path::Path,
-    workers: usize,
     users: u64,
     backlog: u64,
     connections: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let redis = Redis::start(dir)?;
-    let sluice = Sluice::start(binary, &redis, dir, policies, workers)?;
+    let (_redis, sluice) = setup.start(dir)?;
     let pids = sluice.workers();
     let rss_start: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS")).sum();
     let fill = Load {
@@ -172,8 +221,8 @@ async fn queue_phase(
         "lateness_p50_ms": quantile_ms(&mut lateness, 0.50),
         "lateness_p99_ms": quantile_ms(&mut lateness, 0.99),
         "lateness_max_ms": quantile_ms(&mut lateness, 1.0),
-        "worker_rss_mib_start": round2(rss_start as f64 / 1024.0 / workers as f64),
-        "worker_rss_mib_max_during_drain": round2(rss_max as f64 / 1024.0 / workers as f64),
+        "worker_rss_mib_start": round2(rss_start as f64 / 1024.0 / setup.workers as f64),
+        "worker_rss_mib_max_during_drain": round2(rss_max as f64 / 1024.0 / setup.workers as f64),
     }))
 }
 
@@ -231,7 +280,11 @@ fn print_table(r: &serde_json::Value) {
         "| CPU s per 1,000 req: Sluice / Redis / load generator | {} / {} / {} |",
         m["sluice_cpu_s_per_1000"], m["redis_cpu_s_per_1000"], m["load_generator_cpu_s_per_1000"]
     );
-    println!("| peak RSS per worker MiB | {} |", r["peak_rss_mib_per_worker"]);
+    println!(
+        "| reserve.lua alone (redis-benchmark, same round) calls/s; Sluice's share | {}; {} |",
+        m["reserve_lua_alone_per_s"], m["share_of_reserve_lua_alone"]
+    );
+    println!("| peak RSS per worker MiB | {} |", m["peak_rss_mib_per_worker"]);
     let q = &r["queue"];
     println!("| queue: tasks queued / ran | {} / {} |", q["queued"], q["queued_ran"]);
     println!(
