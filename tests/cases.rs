@@ -116,7 +116,8 @@ async fn a_busy_users_starts_stay_few() {
 }
 
 /// Nothing writes "running" down: leased is running, in the due index is queued, and
-/// acknowledged is completed. A lease that runs out puts the task back in the queue.
+/// acknowledged is completed. A lease that runs out puts the task back in the queue,
+/// where a late acknowledgement of its first run leaves it.
 #[tokio::test]
 async fn a_tasks_status_is_where_the_scripts_put_it() {
     let redis = RedisServer::start();
@@ -136,15 +137,19 @@ async fn a_tasks_status_is_where_the_scripts_put_it() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(store.claim(0, lease).await.expect("claim").tasks.is_empty());
     assert_eq!((status("a").await, status("b").await), (Some(TaskState::Queued), Some(TaskState::Queued)));
+    // The first run of a acknowledges too late: it stays queued for its second run.
+    let late = Completion { user_id: "ann", task_id: "a", started_at: 1, completed_at: 2 };
+    assert_eq!(store.ack(&[late], Duration::from_secs(60)).await.expect("ack"), [false]);
+    assert_eq!(status("a").await, Some(TaskState::Queued));
     let claimed = store.claim(10, Duration::from_secs(5)).await.expect("claim").tasks;
     let ids: Vec<(&str, &str)> = claimed.iter().map(|t| (t.task_id.as_str(), t.user_id.as_str())).collect();
     assert_eq!(ids, [("a", "ann"), ("b", "ann")]);
     assert_eq!((status("a").await, status("b").await), (Some(TaskState::Running), Some(TaskState::Running)));
 
-    let done = Completion { user_id: "ann", task_id: "a", started_at: 1, completed_at: 2 };
+    let done = Completion { user_id: "ann", task_id: "a", started_at: 3, completed_at: 4 };
     assert_eq!(store.ack(&[done], Duration::from_secs(60)).await.expect("ack"), [true]);
     let view = store.task("a").await.expect("read").expect("kept");
-    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(1), Some(2)));
+    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(3), Some(4)));
     assert_eq!(status("b").await, Some(TaskState::Running));
 }
 

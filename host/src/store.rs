@@ -184,34 +184,31 @@ impl Store {
         Ok(removed.into_iter().map(|n| n == 1).collect())
     }
 
-    /// A task as it is now, if it exists. Its record says when it completed; that it runs
-    /// is not written down but is its lease (see `claim.lua`), read with the record again
-    /// in one atomic step so a task that completes in between is not shown as queued.
+    /// A task as it is now, if it exists: running while it holds a lease, queued while it
+    /// is in the due index (a task whose lease ran out before its ack is queued again even
+    /// though its record has the times of that run), else completed once acknowledged.
+    /// The three are read in one atomic step.
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
-        type Fields = HashMap<String, String>;
-        let key = keys::task(task_id);
-        let fields: Fields = self.run(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
-        if !fields.contains_key("user_id") {
-            return Ok(None);
-        }
-        if fields.contains_key("completed_at") {
-            return Ok(task_view(task_id, &fields, false));
-        }
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("ZSCORE").arg(keys::LEASE).arg(task_id).cmd("HGETALL").arg(&key);
-        let (lease, fields): (Option<f64>, Fields) = self.run(async |c| pipe.query_async(c).await).await?;
-        Ok(task_view(task_id, &fields, lease.is_some()))
+        pipe.atomic().zscore(keys::LEASE, task_id).zscore(keys::DUE, task_id).hgetall(keys::task(task_id));
+        let (leased, due, fields): (Option<f64>, Option<f64>, HashMap<String, String>) =
+            self.run(async |c| pipe.query_async(c).await).await?;
+        let status = match (leased, due, fields.contains_key("completed_at")) {
+            (Some(_), _, _) => TaskState::Running,
+            (None, None, true) => TaskState::Completed,
+            _ => TaskState::Queued,
+        };
+        Ok(task_view(task_id, &fields, status))
     }
 
-    /// Move queued and running tasks that an earlier version left in its 16 shards into
-    /// the one due index and lease set (`adopt.lua`); how many entries moved.
+    /// Move queued and running tasks that an earlier version left in its shards into the
+    /// one due index and lease set (`adopt.lua`); how many entries moved.
     pub async fn adopt_shards(&self) -> Result<u64, StoreError> {
         let mut inv = ADOPT.prepare_invoke();
-        inv.key(keys::DUE).key(keys::LEASE);
-        for n in 0..keys::OLD_SHARDS {
-            let (due, lease) = keys::old_shard(n);
-            inv.key(due).key(lease);
-        }
+        inv.key(keys::DUE).key(keys::LEASE).arg(keys::OLD_SHARDS);
+        let shards: Vec<(String, String)> = (0..keys::OLD_SHARDS).map(keys::old_shard).collect();
+        shards.iter().for_each(|(due, _)| _ = inv.key(due));
+        shards.iter().for_each(|(_, lease)| _ = inv.key(lease));
         self.run(async |c| inv.invoke_async(c).await).await
     }
 
@@ -251,20 +248,16 @@ fn parse_claim(reply: Vec<redis::Value>) -> Result<Claim, StoreError> {
     Ok(Claim { now_ms: int(&head[0])?, next_wake_ms: (next >= 0).then_some(next), tasks })
 }
 
-fn task_view(task_id: &str, f: &HashMap<String, String>, leased: bool) -> Option<TaskView> {
+fn task_view(task_id: &str, f: &HashMap<String, String>, status: TaskState) -> Option<TaskView> {
     let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
-    let status = match (num("completed_at"), leased) {
-        (Some(_), _) => TaskState::Completed,
-        (None, true) => TaskState::Running,
-        (None, false) => TaskState::Queued,
-    };
+    let ran = |k: &str| num(k).filter(|_| status == TaskState::Completed);
     Some(TaskView {
         task_id: task_id.to_owned(),
         user_id: f.get("user_id")?.clone(),
         status,
         created_at: num("created_at")?,
         run_at: num("run_at")?,
-        started_at: num("started_at"),
-        completed_at: num("completed_at"),
+        started_at: ran("started_at"),
+        completed_at: ran("completed_at"),
     })
 }

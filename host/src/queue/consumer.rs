@@ -47,8 +47,8 @@ impl Wake {
 
 /// Claim and run due tasks until cancelled; the running batch finishes first.
 pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: CancellationToken) {
-    adopt_old_shards(&runner, &cancel).await;
     let mut last_sync = tokio::time::Instant::now();
+    let mut last_adopt = None;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -56,6 +56,12 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         let round = tokio::time::Instant::now();
         if last_sync.elapsed() > CLOCK_SYNC && runner.clock.sync(&runner.store).await.is_ok() {
             last_sync = tokio::time::Instant::now();
+        }
+        // Before the first claim, then now and then (an old worker still running).
+        if last_adopt.is_none_or(|at: tokio::time::Instant| at.elapsed() > CLOCK_SYNC)
+            && adopt_old_shards(&runner).await
+        {
+            last_adopt = Some(tokio::time::Instant::now());
         }
         let pause = match runner.store.claim(BATCH, runner.lease).await {
             Ok(claim) => {
@@ -88,18 +94,17 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
     }
 }
 
-/// Move what an earlier version left in its shards into the one due index and lease set
-/// before the first claim; retried until Redis answers.
-async fn adopt_old_shards(runner: &Runner, cancel: &CancellationToken) {
-    loop {
-        match runner.store.adopt_shards().await {
-            Ok(0) => return,
-            Ok(n) => return tracing::info!("moved {n} queued and running tasks out of an earlier version's shards"),
-            Err(e) => tracing::warn!("cannot check for an earlier version's shards yet: {e}"),
+/// Move what an earlier version left in its shards into the one due index and lease set.
+async fn adopt_old_shards(runner: &Runner) -> bool {
+    match runner.store.adopt_shards().await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::warn!("moved {n} queued and running tasks out of an earlier version's shards");
+            true
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(ERROR_BACKOFF) => {}
+        Err(e) => {
+            tracing::debug!("cannot check for an earlier version's shards: {e}");
+            false
         }
     }
 }
