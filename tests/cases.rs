@@ -178,3 +178,31 @@ async fn an_earlier_versions_shards_are_adopted() {
         claimed.iter().map(|t| (t.task_id.as_str(), t.user_id.as_str(), t.run_at)).collect();
     assert_eq!(got, [("old1", "ann", 1000), ("old2", "bob", 2000)]);
 }
+
+/// A user's start set gets its lifetime once per longest-window period, not on every
+/// call, and still outlives its newest start's longest window (by at most one window).
+#[tokio::test]
+async fn a_users_starts_live_as_long_as_they_matter() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let key = sluice::store::keys::starts("steady");
+    for i in 0..40 {
+        let task = NewTask { task_id: format!("s{i}"), user_id: "steady".into(), payload: "null".into() };
+        let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], ..SlotRule::default() };
+        let (slot, now) = match store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve") {
+            Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => (slot_ms, now_ms),
+            Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
+        };
+        let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().expect("ttl");
+        let needed = slot + 1000 - now;
+        assert!((needed - 250..=needed + 1000).contains(&ttl), "task {i}: ttl {ttl} ms, needs {needed} ms");
+    }
+    let renewals = redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    // 40 starts at 5 a second span 8 one-second periods: one renewal each (give or take the first).
+    assert!((8..=10).contains(&renewals), "{renewals} renewals for 40 starts");
+}
