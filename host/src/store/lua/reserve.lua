@@ -69,15 +69,14 @@ local function reserve(k, a)
 
   if n > 0 then
     redis.call('ZADD', starts, slot, ARGV[a])
-    -- Once per longest-window period of the user's starts, not on every task: make the set
-    -- live to the end of the next period (every start of this period has left every window
-    -- by then, and the next period's first start renews it), and forget starts that left
-    -- every window (a period holds at most its window's limit of starts, so the set stays
-    -- small in between). Only memory depends on this, never a decision.
-    local period = math.floor(slot / max_window)
-    if not last_start or period > math.floor(last_start / max_window) then
-      redis.call('PEXPIRE', starts, (period + 2) * max_window - now)
-      if last_start then redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - max_window) end
+    -- On every task, not once per period: a policy change can make the longest window
+    -- longer, and the history it needs must not expire on the old window's schedule.
+    redis.call('PEXPIRE', starts, slot - now + max_window)
+    -- Forget starts that left every window once per longest-window period of the user's
+    -- starts, not on every task: a period holds at most its window's limit of starts, so
+    -- the set stays small in between. (Only memory depends on this, never a decision.)
+    if last_start and math.floor(slot / max_window) > math.floor(last_start / max_window) then
+      redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - max_window)
     end
   end
   if interval > 0 then
