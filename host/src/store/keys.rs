@@ -11,7 +11,7 @@ pub const TASK_PREFIX: &str = "sluice:task:";
 pub const DUE: &str = "sluice:due";
 /// The lease set (zset: running task id -> lease expiry ms).
 pub const LEASE: &str = "sluice:lease";
-/// Versions before 2026-12-02 split the due index and the lease set into this many
+/// Versions before commit 6a22c37 split the due index and the lease set into this many
 /// shards, `sluice:due:{n}` and `sluice:lease:{n}`; [`crate::store::Store::adopt_shards`]
 /// folds them into [`DUE`] and [`LEASE`].
 pub const OLD_SHARDS: u32 = 16;
