@@ -15,6 +15,14 @@ use crate::support::RedisServer;
 /// Cases use small times; the script sees them shifted to a realistic unix time.
 const BASE_MS: i64 = 1_800_000_000_000;
 
+/// The slot and the script's now of a reservation that was stored (there is no maximum delay).
+fn stored(reserved: Reserved) -> (i64, i64) {
+    match reserved {
+        Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => (slot_ms, now_ms),
+        Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
+    }
+}
+
 #[tokio::test]
 async fn shared_cases_hold_for_the_redis_scripts() {
     let redis = RedisServer::start();
@@ -105,10 +113,7 @@ async fn a_busy_users_starts_stay_few() {
     for i in 0..300 {
         let task = NewTask { task_id: format!("b{i}"), user_id: "busy".into(), payload: "null".into() };
         let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(now), ..SlotRule::default() };
-        now = match store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve") {
-            Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms,
-            Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
-        };
+        (now, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
         largest = largest.max(redis.cli(&["ZCARD", &key]).trim().parse::<usize>().expect("count"));
     }
     assert!(largest <= 11, "the start set grew to {largest} entries");
@@ -192,10 +197,7 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
     for (i, windows) in [&short, &short, &short, &long, &long].into_iter().enumerate() {
         let task = NewTask { task_id: format!("g{i}"), user_id: "grows".into(), payload: "null".into() };
         let rule = SlotRule { windows: windows.clone(), ..SlotRule::default() };
-        let (slot, now) = match store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve") {
-            Reserved::Admitted { slot_ms, now_ms } | Reserved::Queued { slot_ms, now_ms } => (slot_ms, now_ms),
-            Reserved::TooFar { .. } => panic!("too far without a maximum delay"),
-        };
+        let (slot, now) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
         let longest = windows.iter().map(|w| w.1 as i64).max().expect("windows");
         let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().expect("ttl");
         assert!(ttl >= slot + longest - now - 250, "task {i}: ttl {ttl} ms, needs {} ms", slot + longest - now);

@@ -126,7 +126,6 @@ struct Setup {
 impl Setup {
     /// A fresh Redis and Sluice under `dir`.
     fn start(&self, dir: &std::path::Path) -> anyhow::Result<(Redis, Sluice)> {
-        std::fs::create_dir_all(dir)?;
         let redis = Redis::start(dir)?;
         let sluice = Sluice::start(&self.binary, &redis, dir, &self.policies, self.workers)?;
         Ok((redis, sluice))
@@ -147,7 +146,6 @@ impl Setup {
 /// the task ids of `users` are overwritten instead of piling up, and nothing is claimed,
 /// run or acknowledged. Calls per second.
 fn reserve_ceiling(dir: &std::path::Path, users: u64) -> anyhow::Result<f64> {
-    std::fs::create_dir_all(dir)?;
     let redis = Redis::start(dir)?;
     let sha = redis.cli(&["SCRIPT", "LOAD", include_str!("../../host/src/store/lua/reserve.lua")])?;
     // Keys: the user's starts, the task, the due index, the lease set, the bucket. Arguments:

@@ -16,6 +16,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let socket = dir.join("redis.sock");
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])

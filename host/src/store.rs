@@ -206,9 +206,10 @@ impl Store {
     pub async fn adopt_shards(&self) -> Result<u64, StoreError> {
         let mut inv = ADOPT.prepare_invoke();
         inv.key(keys::DUE).key(keys::LEASE).arg(keys::OLD_SHARDS);
-        let shards: Vec<(String, String)> = (0..keys::OLD_SHARDS).map(keys::old_shard).collect();
-        shards.iter().for_each(|(due, _)| _ = inv.key(due));
-        shards.iter().for_each(|(_, lease)| _ = inv.key(lease));
+        let (dues, leases): (Vec<String>, Vec<String>) = (0..keys::OLD_SHARDS).map(keys::old_shard).unzip();
+        for key in dues.iter().chain(&leases) {
+            inv.key(key);
+        }
         self.run(async |c| inv.invoke_async(c).await).await
     }
 

@@ -20,8 +20,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 const MIN_CLAIM_INTERVAL: Duration = Duration::from_millis(10);
 /// Pause after a failed claim (Redis unavailable).
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
-/// How often the clock is realigned with Redis.
-const CLOCK_SYNC: Duration = Duration::from_secs(10);
+/// How often the periodic chores run: realigning the clock with Redis and adopting an
+/// earlier version's shards (an old worker may still be running).
+const CHORES: Duration = Duration::from_secs(10);
 
 /// The consumer's planned wake-up, shared with the producer.
 #[derive(Debug)]
@@ -47,21 +48,15 @@ impl Wake {
 
 /// Claim and run due tasks until cancelled; the running batch finishes first.
 pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: CancellationToken) {
-    let mut last_sync = tokio::time::Instant::now();
-    let mut last_adopt = None;
+    let mut last_chores: Option<tokio::time::Instant> = None;
     loop {
         if cancel.is_cancelled() {
             return;
         }
         let round = tokio::time::Instant::now();
-        if last_sync.elapsed() > CLOCK_SYNC && runner.clock.sync(&runner.store).await.is_ok() {
-            last_sync = tokio::time::Instant::now();
-        }
-        // Before the first claim, then now and then (an old worker still running).
-        if last_adopt.is_none_or(|at: tokio::time::Instant| at.elapsed() > CLOCK_SYNC)
-            && adopt_old_shards(&runner).await
-        {
-            last_adopt = Some(tokio::time::Instant::now());
+        // Before the first claim, then every CHORES; retried each round until Redis answers.
+        if last_chores.is_none_or(|at| at.elapsed() > CHORES) && chores(&runner).await {
+            last_chores = Some(round);
         }
         let pause = match runner.store.claim(BATCH, runner.lease).await {
             Ok(claim) => {
@@ -94,8 +89,13 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
     }
 }
 
-/// Move what an earlier version left in its shards into the one due index and lease set.
-async fn adopt_old_shards(runner: &Runner) -> bool {
+/// Realign the clock with Redis and move what an earlier version left in its shards into
+/// the one due index and lease set; whether both succeeded.
+async fn chores(runner: &Runner) -> bool {
+    if let Err(e) = runner.clock.sync(&runner.store).await {
+        tracing::debug!("cannot realign the clock with Redis: {e}");
+        return false;
+    }
     match runner.store.adopt_shards().await {
         Ok(0) => true,
         Ok(n) => {
