@@ -11,18 +11,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local budget = tonumber(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
+-- Numbers passed to redis.call are written once as text (%d): see reserve.lua.
+local now_text, lease_until_text = string.format('%d', now), string.format('%d', lease_until)
 local out = {now, -1}
 
 local function task_key(id) return ARGV[3] .. '{' .. id .. '}' end
 -- The lowest score of a zset, or nil when it is empty.
 local function first(key)
-  return tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+  return tonumber(redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')[2])
 end
 
 -- One read tells whether any lease expired and, if none did, when the next one will.
 local expiry = first(lease)
 if expiry and expiry <= now then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now_text, 'LIMIT', '0', '1000')) do
     redis.call('ZREM', lease, id)
     local run_at = redis.call('HGET', task_key(id), 'run_at')
     if run_at then redis.call('ZADD', due, run_at, id) end
@@ -33,13 +35,13 @@ end
 local next_due = first(due)
 if budget > 0 and next_due and next_due <= now then
   -- The due tasks are the lowest ranks: take them out with one command, lease them with one.
-  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, budget)
+  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now_text, 'LIMIT', '0', ARGV[1])
   redis.call('ZREMRANGEBYRANK', due, 0, #ids - 1)
   local leases = {}
   for _, id in ipairs(ids) do
     local info = redis.call('HMGET', task_key(id), 'user_id', 'run_at')
     if info[1] then
-      table.insert(leases, lease_until)
+      table.insert(leases, lease_until_text)
       table.insert(leases, id)
       table.insert(out, id)
       table.insert(out, info[1])
