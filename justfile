@@ -75,8 +75,7 @@ run: build
     if [ -z "${REDIS_URL:-}" ]; then
         mkdir -p "{{var}}"
         if ! redis-cli -s "{{var}}/redis.sock" ping >/dev/null 2>&1; then
-            redis-server --port 0 --unixsocket "{{var}}/redis.sock" --unixsocketperm 700 --dir "{{var}}" \
-                --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+            redis-server redis.conf --port 0 --unixsocket "{{var}}/redis.sock" --unixsocketperm 700 --dir "{{var}}" \
                 --daemonize yes --pidfile "{{var}}/redis.pid" --logfile "{{var}}/redis.log"
             for _ in $(seq 50); do redis-cli -s "{{var}}/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.1; done
             echo "started local Redis (AOF) at {{var}}/redis.sock; stop it with: just stop-redis"

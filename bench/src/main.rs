@@ -43,7 +43,7 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}, {pace}"
     );
-    println!("  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark)");
+    println!("  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark, twice)");
     let load = Load {
         port: 0,
         connections,
@@ -59,24 +59,30 @@ async fn bench() -> anyhow::Result<()> {
         let dir = scratch.join(format!("round{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let pids = sluice.workers();
-        // Redis commands, then CPU seconds of the workers, Redis and this load generator.
-        let counters = || -> anyhow::Result<(u64, f64, f64, f64)> {
+        // Redis commands and AOF rewrites, then CPU seconds of the workers, Redis (its main
+        // process, not its rewrite children) and this load generator.
+        let counters = || -> anyhow::Result<(u64, u64, f64, f64, f64)> {
             let workers = pids.iter().map(|p| cpu_seconds(*p)).sum();
-            Ok((redis.commands()?, workers, cpu_seconds(redis.pid()), cpu_seconds(std::process::id())))
+            let (cmds, rewrites) = (redis.commands()?, redis.aof_rewrites()?);
+            Ok((cmds, rewrites, workers, cpu_seconds(redis.pid()), cpu_seconds(std::process::id())))
         };
-        let (cmds0, cpu0, rcpu0, lcpu0) = counters()?;
+        let (cmds0, rw0, cpu0, rcpu0, lcpu0) = counters()?;
         let mut phase = load::run(Load { port: sluice.port, seed: 7 + round as u64, ..load }).await?;
-        let (cmds1, cpu1, rcpu1, lcpu1) = counters()?;
+        let (cmds1, rw1, cpu1, rcpu1, lcpu1) = counters()?;
         let peak_rss: Vec<f64> = pids.iter().map(|p| round2(status_kib(*p, "VmHWM") as f64 / 1024.0)).collect();
         drop((sluice, redis));
-        let ceiling = reserve_ceiling(&dir.join("ceiling"), users)?;
+        let ceiling = reserve_ceiling(&dir.join("ceiling"), users, CeilingTasks::New)?;
+        let overwriting = reserve_ceiling(&dir.join("ceiling-overwriting"), users, CeilingTasks::Overwritten)?;
         let n = phase.total() as f64;
         let rps = n / phase.elapsed.as_secs_f64();
         let mut summary = latency_summary(&mut phase);
         summary["rps"] = json!(rps.round());
         summary["reserve_lua_alone_per_s"] = json!(ceiling.round());
         summary["share_of_reserve_lua_alone"] = json!(round2(rps / ceiling));
+        summary["reserve_lua_alone_overwriting_per_s"] = json!(overwriting.round());
+        summary["share_of_reserve_lua_alone_overwriting"] = json!(round2(rps / overwriting));
         summary["redis_commands_per_request"] = json!(round2((cmds1 - cmds0) as f64 / n));
+        summary["aof_rewrites"] = json!(rw1 - rw0);
         summary["sluice_cpu_s_per_1000"] = json!(round3((cpu1 - cpu0) / n * 1000.0));
         summary["redis_cpu_s_per_1000"] = json!(round3((rcpu1 - rcpu0) / n * 1000.0));
         summary["load_generator_cpu_s_per_1000"] = json!(round3((lcpu1 - lcpu0) / n * 1000.0));
@@ -87,9 +93,12 @@ async fn bench() -> anyhow::Result<()> {
     let median = median_by(&rounds, "rps");
     let half_rate = median["rps"].as_f64().unwrap_or(0.0) / 2.0;
     let (redis, sluice) = setup.warmed_up(&scratch.join("half"), load).await?;
+    let rewrites = redis.aof_rewrites()?;
     let mut half = load::run(Load { port: sluice.port, rate: Some(half_rate), seed: 99, ..load }).await?;
+    let rewrites = redis.aof_rewrites()? - rewrites;
     drop((sluice, redis));
-    let half_summary = latency_summary(&mut half);
+    let mut half_summary = latency_summary(&mut half);
+    half_summary["aof_rewrites"] = json!(rewrites);
     println!("  at half of the median round's rate ({half_rate:.0} req/s): {half_summary}");
 
     println!("queue: {backlog} tasks over {users} users, then drain");
@@ -139,15 +148,31 @@ impl Setup {
     }
 }
 
+/// What each task of the ceiling's calls is.
+#[derive(Clone, Copy)]
+enum CeilingTasks {
+    /// A new task id every call, as every reservation of Sluice's stores a new task: the
+    /// due index and the keyspace grow through the run as they do under Sluice.
+    New,
+    /// Task ids drawn from as many as there are users, so most calls overwrite a task
+    /// stored before: the due index stays at that size. A cheaper workload; the only
+    /// ceiling up to 4ea240f.
+    Overwritten,
+}
+
 /// The ceiling Sluice is compared with: `redis-benchmark` of the decision script alone
 /// (`reserve.lua`, one task per call, not pipelined, 50 connections, two windows: 1 per s
-/// and 20 per min) on a fresh Redis started as Sluice's is. A cheaper workload than
-/// Sluice's: each `__rand_int__` is drawn on its own (a call's keys name different users),
-/// the task ids of `users` are overwritten instead of piling up, and nothing is claimed,
-/// run or acknowledged. Calls per second.
-fn reserve_ceiling(dir: &std::path::Path, users: u64) -> anyhow::Result<f64> {
+/// and 20 per min) on a fresh Redis started as Sluice's is. Cheaper than Sluice's work
+/// whichever the tasks: each `__rand_int__` is drawn on its own (a call's keys name
+/// different users), and nothing is claimed, run or acknowledged. Calls per second.
+fn reserve_ceiling(dir: &std::path::Path, users: u64, tasks: CeilingTasks) -> anyhow::Result<f64> {
     let redis = Redis::start(dir)?;
     let sha = redis.cli(&["SCRIPT", "LOAD", include_str!("../../host/src/store/lua/reserve.lua")])?;
+    // Two draws of 1..users make a task id new in (almost) every call.
+    let task = match tasks {
+        CeilingTasks::New => "t__rand_int__-__rand_int__",
+        CeilingTasks::Overwritten => "t__rand_int__",
+    };
     // Keys: the user's starts, the task, the due index, the lease set, the bucket. Arguments:
     // task id, user, payload, max delay (-1: none), not-before, lease ms, now (0: Redis
     // TIME), bucket interval (0: none), burst, 2 windows: (1, 1000 ms), (20, 60000 ms).
@@ -155,8 +180,8 @@ fn reserve_ceiling(dir: &std::path::Path, users: u64) -> anyhow::Result<f64> {
         .arg("-s")
         .arg(&redis.socket)
         .args(["-c", "50", "-n", "200000", "-r", &users.to_string(), "-P", "1", "-q", "evalsha", sha.trim(), "5"])
-        .args(["sluice:{u__rand_int__}:starts", "sluice:task:{t__rand_int__}", "sluice:due", "sluice:lease"])
-        .args(["sluice:{u__rand_int__}:tat", "t__rand_int__", "u__rand_int__", "{}", "-1", "0", "30000", "0", "0"])
+        .args(["sluice:{u__rand_int__}:starts", &format!("sluice:task:{{{task}}}"), "sluice:due", "sluice:lease"])
+        .args(["sluice:{u__rand_int__}:tat", task, "u__rand_int__", "{}", "-1", "0", "30000", "0", "0"])
         .args(["1", "2", "1", "1000", "20", "60000"])
         .output()
         .context("running redis-benchmark (Debian: redis-tools)")?;
@@ -272,15 +297,25 @@ fn print_table(r: &serde_json::Value) {
         }
     }
     let h = &r["half_peak"];
-    println!("| at half of that rate: p50 / p99 ms | {} / {} |", h["p50_ms"], h["p99_ms"]);
-    println!("| Redis commands per request | {} |", m["redis_commands_per_request"]);
+    println!(
+        "| at half of that rate: p50 / p99 ms (AOF rewrites meanwhile) | {} / {} ({}) |",
+        h["p50_ms"], h["p99_ms"], h["aof_rewrites"]
+    );
+    println!(
+        "| Redis commands per request; AOF rewrites in the round | {}; {} |",
+        m["redis_commands_per_request"], m["aof_rewrites"]
+    );
     println!(
         "| CPU s per 1,000 req: Sluice / Redis / load generator | {} / {} / {} |",
         m["sluice_cpu_s_per_1000"], m["redis_cpu_s_per_1000"], m["load_generator_cpu_s_per_1000"]
     );
     println!(
-        "| reserve.lua alone (redis-benchmark, same round) calls/s; Sluice's share | {}; {} |",
+        "| reserve.lua alone (redis-benchmark, same round), a new task per call: calls/s; Sluice's share | {}; {} |",
         m["reserve_lua_alone_per_s"], m["share_of_reserve_lua_alone"]
+    );
+    println!(
+        "| the same with task ids overwritten (due index stays small): calls/s; Sluice's share | {}; {} |",
+        m["reserve_lua_alone_overwriting_per_s"], m["share_of_reserve_lua_alone_overwriting"]
     );
     println!("| peak RSS per worker MiB | {} |", m["peak_rss_mib_per_worker"]);
     let q = &r["queue"];

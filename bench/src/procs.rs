@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A Redis of our own on a unix socket with AOF (as `just run` starts it).
+/// A Redis of our own on a unix socket, configured by the repository's `redis.conf` as
+/// `just run` starts it; `BENCH_REDIS_ARGS` appends flags that override it (experiments:
+/// `BENCH_REDIS_ARGS="--auto-aof-rewrite-percentage 100"` is Redis's default).
 #[derive(Debug)]
 pub struct Redis {
     child: Child,
@@ -19,20 +21,12 @@ impl Redis {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("redis.sock");
         let child = Command::new("redis-server")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../redis.conf"))
             .args(["--port", "0", "--unixsocket"])
             .arg(&socket)
             .arg("--dir")
             .arg(dir)
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-            ])
+            .args(std::env::var("BENCH_REDIS_ARGS").unwrap_or_default().split_whitespace())
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server")?;
@@ -51,6 +45,15 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("redis-cli").arg("-s").arg(&self.socket).args(args).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// AOF rewrites started since start, finished or not (`INFO persistence`).
+    pub fn aof_rewrites(&self) -> anyhow::Result<u64> {
+        let info = self.cli(&["INFO", "persistence"])?;
+        let field =
+            |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok());
+        let done = field("aof_rewrites").context("INFO persistence without aof_rewrites")?;
+        Ok(done + field("aof_rewrite_in_progress").unwrap_or(0))
     }
 
     /// Total calls of every command since start (`INFO commandstats`).
