@@ -59,8 +59,8 @@ async fn bench() -> anyhow::Result<()> {
         let dir = scratch.join(format!("round{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let pids = sluice.workers();
-        // Redis commands and AOF rewrites, then CPU seconds of the workers, Redis (its main
-        // process, not its rewrite children) and this load generator.
+        // Redis commands and AOF rewrites, then CPU seconds of the workers, Redis (with its
+        // rewrite children that ended meanwhile) and this load generator.
         let counters = || -> anyhow::Result<(u64, u64, f64, f64, f64)> {
             let workers = pids.iter().map(|p| cpu_seconds(*p)).sum();
             let (cmds, rewrites) = (redis.commands()?, redis.aof_rewrites()?);
@@ -82,7 +82,7 @@ async fn bench() -> anyhow::Result<()> {
         summary["reserve_lua_alone_overwriting_per_s"] = json!(overwriting.round());
         summary["share_of_reserve_lua_alone_overwriting"] = json!(round2(rps / overwriting));
         summary["redis_commands_per_request"] = json!(round2((cmds1 - cmds0) as f64 / n));
-        summary["aof_rewrites"] = json!(rw1 - rw0);
+        summary["aof_rewrites"] = json!(rw1.saturating_sub(rw0));
         summary["sluice_cpu_s_per_1000"] = json!(round3((cpu1 - cpu0) / n * 1000.0));
         summary["redis_cpu_s_per_1000"] = json!(round3((rcpu1 - rcpu0) / n * 1000.0));
         summary["load_generator_cpu_s_per_1000"] = json!(round3((lcpu1 - lcpu0) / n * 1000.0));
@@ -95,7 +95,7 @@ async fn bench() -> anyhow::Result<()> {
     let (redis, sluice) = setup.warmed_up(&scratch.join("half"), load).await?;
     let rewrites = redis.aof_rewrites()?;
     let mut half = load::run(Load { port: sluice.port, rate: Some(half_rate), seed: 99, ..load }).await?;
-    let rewrites = redis.aof_rewrites()? - rewrites;
+    let rewrites = redis.aof_rewrites()?.saturating_sub(rewrites);
     drop((sluice, redis));
     let mut half_summary = latency_summary(&mut half);
     half_summary["aof_rewrites"] = json!(rewrites);
@@ -168,7 +168,7 @@ enum CeilingTasks {
 fn reserve_ceiling(dir: &std::path::Path, users: u64, tasks: CeilingTasks) -> anyhow::Result<f64> {
     let redis = Redis::start(dir)?;
     let sha = redis.cli(&["SCRIPT", "LOAD", include_str!("../../host/src/store/lua/reserve.lua")])?;
-    // Two draws of 1..users make a task id new in (almost) every call.
+    // Two draws of `users` values each make a task id new in (almost) every call.
     let task = match tasks {
         CeilingTasks::New => "t__rand_int__-__rand_int__",
         CeilingTasks::Overwritten => "t__rand_int__",

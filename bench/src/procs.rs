@@ -47,13 +47,12 @@ impl Redis {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// AOF rewrites started since start, finished or not (`INFO persistence`).
+    /// AOF rewrites started since start, finished or not (`INFO persistence`: Redis counts
+    /// a rewrite when it starts one).
     pub fn aof_rewrites(&self) -> anyhow::Result<u64> {
         let info = self.cli(&["INFO", "persistence"])?;
-        let field =
-            |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok());
-        let done = field("aof_rewrites").context("INFO persistence without aof_rewrites")?;
-        Ok(done + field("aof_rewrite_in_progress").unwrap_or(0))
+        let field = info.lines().find_map(|l| l.strip_prefix("aof_rewrites:")?.trim().parse::<u64>().ok());
+        field.context("INFO persistence without aof_rewrites")
     }
 
     /// Total calls of every command since start (`INFO commandstats`).

@@ -36,7 +36,7 @@ local next_due = first(due)
 if budget > 0 and next_due and next_due <= now then
   -- The due tasks are the lowest ranks: take them out with one command, lease them with one.
   local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now_text, 'LIMIT', '0', ARGV[1])
-  redis.call('ZREMRANGEBYRANK', due, 0, #ids - 1)
+  redis.call('ZREMRANGEBYRANK', due, '0', string.format('%d', #ids - 1))
   local leases = {}
   for _, id in ipairs(ids) do
     local info = redis.call('HMGET', task_key(id), 'user_id', 'run_at')
