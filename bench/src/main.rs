@@ -156,7 +156,7 @@ enum CeilingTasks {
     New,
     /// Task ids drawn from as many as there are users, so most calls overwrite a task
     /// stored before: the due index stays at that size. A cheaper workload; the only
-    /// ceiling up to 4ea240f.
+    /// ceiling up to 5258c2e.
     Overwritten,
 }
 
