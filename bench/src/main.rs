@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use load::{Load, Phase, quantile_ms};
 use procs::{Redis, Sluice, cpu_seconds, status_kib};
+use sluice::store::keys;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -173,16 +174,17 @@ fn reserve_ceiling(dir: &std::path::Path, users: u64, tasks: CeilingTasks) -> an
         CeilingTasks::New => "t__rand_int__-__rand_int__",
         CeilingTasks::Overwritten => "t__rand_int__",
     };
-    // Keys: the user's starts, the task, the due index, the lease set, the bucket. Arguments:
-    // task id, user, payload, max delay (-1: none), not-before, lease ms, now (0: Redis
-    // TIME), bucket interval (0: none), burst, 2 windows: (1, 1000 ms), (20, 60000 ms).
+    let user = "u__rand_int__";
+    // Keys, named by Sluice's own `keys`: the due index, the lease set, the user's starts,
+    // the task, the bucket. Arguments: task id, user, payload, max delay (-1: none),
+    // not-before, lease ms, now (0: Redis TIME), bucket interval (0: none), burst, 2
+    // windows: (1, 1000 ms), (20, 60000 ms).
     let out = std::process::Command::new("redis-benchmark")
         .arg("-s")
         .arg(&redis.socket)
         .args(["-c", "50", "-n", "200000", "-r", &users.to_string(), "-P", "1", "-q", "evalsha", sha.trim(), "5"])
-        .args(["sluice:{u__rand_int__}:starts", &format!("sluice:task:{{{task}}}"), "sluice:due", "sluice:lease"])
-        .args(["sluice:{u__rand_int__}:tat", task, "u__rand_int__", "{}", "-1", "0", "30000", "0", "0"])
-        .args(["1", "2", "1", "1000", "20", "60000"])
+        .args([keys::DUE, keys::LEASE, &keys::starts(user), &keys::task(task), &keys::bucket(user)])
+        .args([task, user, "{}", "-1", "0", "30000", "0", "0", "1", "2", "1", "1000", "20", "60000"])
         .output()
         .context("running redis-benchmark (Debian: redis-tools)")?;
     let text = String::from_utf8_lossy(&out.stdout);

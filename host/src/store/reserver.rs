@@ -16,10 +16,10 @@ use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
 /// Most reservations in one script call.
 const MAX_BATCH: usize = 64;
 
-/// One reservation waiting for its batch: its keys and arguments as `reserve.lua`
-/// takes them, and where its answer goes.
+/// One reservation waiting for its batch: its own keys and arguments as `reserve.lua`
+/// takes them (the due index and lease set go once per batch), and where its answer goes.
 pub(super) struct Pending {
-    keys: [String; 5],
+    keys: [String; 3],
     args: Vec<Vec<u8>>,
     reply: oneshot::Sender<Result<Reserved, StoreError>>,
 }
@@ -31,13 +31,7 @@ impl Pending {
         rule: &SlotRule,
         lease: Duration,
     ) -> (Self, oneshot::Receiver<Result<Reserved, StoreError>>) {
-        let keys = [
-            keys::starts(&task.user_id),
-            keys::task(&task.task_id),
-            keys::DUE.to_owned(),
-            keys::LEASE.to_owned(),
-            keys::bucket(&task.user_id),
-        ];
+        let keys = [keys::starts(&task.user_id), keys::task(&task.task_id), keys::bucket(&task.user_id)];
         let mut args = Vec::with_capacity(10 + 2 * rule.windows.len());
         let (interval, burst) = rule.bucket.unwrap_or((0, 1));
         let max_delay = rule.max_delay_ms.map_or(-1, |d| d as i64);
@@ -80,6 +74,7 @@ async fn run(mut conn: ConnectionManager, timeout: Duration, mut rx: mpsc::Unbou
 /// Send one batch and answer each of its reservations; leaves `batch` empty.
 async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) {
     let mut inv = RESERVE.prepare_invoke();
+    inv.key(keys::DUE).key(keys::LEASE);
     for pending in batch.iter() {
         for key in &pending.keys {
             inv.key(key);

@@ -6,11 +6,10 @@
 -- the user starts later (FIFO), and, with a bucket, the GCRA allows it: the bucket's
 -- theoretical arrival time (TAT) minus (burst - 1) intervals. With no windows and no
 -- bucket, the slot is max(now, not-before).
--- Per task, five keys:
---   the user's reserved starts (zset: task id -> start ms), the task (hash), the due
---   index (zset: task id -> run-at ms), the lease set (zset: task id -> lease expiry ms),
---   the user's bucket TAT (string, ms)
--- and 10 + 2n arguments:
+-- Keys: the due index (zset: task id -> run-at ms) and the lease set (zset: task id ->
+-- lease expiry ms), once for the batch; then per task three: the user's reserved starts
+-- (zset: task id -> start ms), the task (hash), the user's bucket TAT (string, ms).
+-- Per task, 10 + 2n arguments:
 --   task id, user id, payload JSON, max delay ms (-1: unbounded), not-before ms (0: none),
 --   lease ms, now ms (0: Redis TIME; tests set it), bucket interval ms (0: no bucket),
 --   bucket burst, window count n, then n pairs of limit, window ms.
@@ -33,8 +32,10 @@ local function now_of(arg)
   return redis_now, redis_now_text
 end
 
+local due, lease = KEYS[1], KEYS[2]
+
 local function reserve(k, a)
-  local starts, task, due, lease, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local starts, task, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local now, now_text = now_of(ARGV[a + 6])
   local n = tonumber(ARGV[a + 9])
   local slot = math.max(now, tonumber(ARGV[a + 4]))
@@ -104,7 +105,7 @@ end
 
 local out = {}
 local a = 1
-for k = 1, #KEYS, 5 do
+for k = 3, #KEYS, 3 do
   local status, slot, now, n = reserve(k, a)
   out[#out + 1] = status
   out[#out + 1] = slot
