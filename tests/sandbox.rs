@@ -104,6 +104,36 @@ async fn traps_endless_loops_and_memory_bombs_are_contained_per_decision() {
     assert!(read_log(&svc.log_path()).iter().all(|c| ["pointers", "fine"].contains(&c.user_id.as_str())));
 }
 
+/// A decision that reserves a start and then rejects or traps keeps nothing: the host
+/// cancels the reservation, so neither the start nor the task stays in Redis.
+#[tokio::test]
+async fn a_reservation_the_decision_did_not_keep_is_cancelled() {
+    use sluice::store::keys;
+    let redis = RedisServer::start();
+    let svc = Service::start(&redis, &dist_dir(), "default").await;
+    let module = fixture("second_thoughts");
+    drop_in(&svc.policy_dir(), "default", &module);
+    let sha = sha256(&module);
+    let registry = svc.worker.state.registry.clone();
+    eventually(Duration::from_secs(2), "second_thoughts live", || {
+        Some(()).filter(|_| registry.get(registry.active_name()).is_some_and(|p| p.sha256 == sha))
+    })
+    .await;
+    // Kept: the start is in the user's list (so the checks below can see one).
+    assert_eq!(svc.post_task("keeps").await.0, StatusCode::OK);
+    assert_eq!(redis.cli(&["LLEN", &keys::starts("keeps")]), "1");
+    for (user, want) in [("refuses", StatusCode::TOO_MANY_REQUESTS), ("traps", StatusCode::SERVICE_UNAVAILABLE)] {
+        for _ in 0..2 {
+            let (status, body) = svc.post_task(user).await;
+            assert_eq!(status, want, "{user}: {body}");
+            assert_eq!(redis.cli(&["EXISTS", &keys::starts(user)]), "0", "{user}: start kept");
+        }
+    }
+    assert_eq!(redis.cli(&["ZCARD", keys::DUE]), "0");
+    assert_eq!(redis.cli(&["ZCARD", keys::LEASE]), "0");
+    assert_eq!(redis.cli(&["KEYS", &format!("{}*", keys::TASK_PREFIX)]).lines().count(), 1, "only keeps's task");
+}
+
 /// Heavy (it keeps both cores busy), so `just test` runs it alone, after the suite, where
 /// it cannot starve the timing tests.
 #[tokio::test]

@@ -146,10 +146,11 @@ impl Store {
         }
     }
 
-    /// Undo a reservation (`cancel.lua`).
-    pub async fn cancel(&self, task_id: &str, user_id: &str) -> Result<(), StoreError> {
+    /// Undo a reservation that reserved the start `slot_ms` (`cancel.lua`).
+    pub async fn cancel(&self, task_id: &str, user_id: &str, slot_ms: i64) -> Result<(), StoreError> {
         let mut inv = CANCEL.prepare_invoke();
-        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE).arg(task_id);
+        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
+        inv.arg(task_id).arg(slot_ms);
         let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
         Ok(())
     }

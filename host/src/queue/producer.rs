@@ -65,8 +65,8 @@ impl Producer {
         match policy.decide(call, &request).await {
             Ok(outcome) => self.settle(&task, outcome.verdict, outcome.reserved).await,
             Err(Failure { error, reserved }) => {
-                if reserved.is_some() {
-                    self.cancel(&task).await;
+                if let Some(reserved) = reserved {
+                    self.cancel(&task, reserved).await;
                 }
                 Err(error)
             }
@@ -82,8 +82,8 @@ impl Producer {
     ) -> Result<Submitted, PolicyError> {
         let reserved = match (verdict, reserved) {
             (Verdict::Reject { retry_after_ms, reason }, reserved) => {
-                if reserved.is_some() {
-                    self.cancel(task).await;
+                if let Some(reserved) = reserved {
+                    self.cancel(task, reserved).await;
                 }
                 return Ok(Submitted::Rejected { retry_after_ms, reason });
             }
@@ -134,8 +134,12 @@ impl Producer {
         }
     }
 
-    async fn cancel(&self, task: &NewTask) {
-        if let Err(e) = self.runner.store.cancel(&task.task_id, &task.user_id).await {
+    async fn cancel(&self, task: &NewTask, reserved: Reserved) {
+        let slot_ms = match reserved {
+            Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms,
+            Reserved::TooFar { .. } => return, // nothing was written
+        };
+        if let Err(e) = self.runner.store.cancel(&task.task_id, &task.user_id, slot_ms).await {
             tracing::error!(task_id = %task.task_id, "could not cancel the reservation of a failed decision; the task may still run: {e}");
         }
     }

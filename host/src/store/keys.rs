@@ -16,7 +16,7 @@ pub const LEASE: &str = "sluice:lease";
 /// folds them into [`DUE`] and [`LEASE`].
 pub const OLD_SHARDS: u32 = 16;
 
-/// A user's reserved start times (zset: task id -> start ms).
+/// A user's reserved starts (list of `start ms:task id`, oldest first; see `reserve.lua`).
 pub fn starts(user: &str) -> String {
     format!("{PREFIX}:{{{user}}}:starts")
 }

@@ -3,9 +3,9 @@
 -- reservations conservative, never over-admit. (A bucket's TAT is left advanced: also
 -- conservative.)
 -- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] the due index, KEYS[4] the lease set
--- ARGV[1] task id
+-- ARGV[1] task id, ARGV[2] its reserved start ms (the starts entry is 'start:task id')
 -- Returns 1.
-redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('LREM', KEYS[1], '-1', ARGV[2] .. ':' .. ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[2])
