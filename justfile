@@ -101,3 +101,7 @@ test: build-policies build-test-policies
 bench: build
     cargo run --release --quiet -p sluice-bench
     cargo bench -p sluice --bench policy
+
+# Redis instructions per reserve.lua call under callgrind: repeatable where throughput on a shared VM is not (pass other scripts to compare)
+bench-script *SCRIPTS:
+    bench/reserve-instructions.sh {{SCRIPTS}}
