@@ -8,6 +8,7 @@
 # with the same keys and arguments gives the fixed cost (protocol, EVALSHA), subtracted.
 # Needs valgrind and redis-benchmark (Debian: valgrind, redis-tools). About a minute a script.
 set -euo pipefail
+shopt -s inherit_errexit
 root="$(cd "$(dirname "$0")/.." && pwd)"
 calls="${CALLS:-20000}" users="${USERS:-500}"
 work="$(mktemp -d)"
@@ -30,9 +31,19 @@ count() {
         sluice:due sluice:lease 'sluice:{u__rand_int__}:starts' 'sluice:task:{t__rand_int__-__rand_int__}' \
         'sluice:{u__rand_int__}:tat' t__rand_int__-__rand_int__ u__rand_int__ '{}' -1 0 30000 0 0 1 2 1 1000 20 60000 \
         >/dev/null
+    # A script that fails on every call would look cheap: count only clean runs.
+    local errors
+    errors=$(redis-cli -s "$dir/s.sock" info stats | tr -d '\r' | sed -n 's/^total_error_replies://p')
     redis-cli -s "$dir/s.sock" shutdown nosave >/dev/null 2>&1 || true
     wait "$pid" || true
-    grep -m1 -E '^(summary|totals):' "$dir/out" | awk '{print $2}'
+    if [ "$errors" != 0 ]; then
+        echo "$script: $errors error replies (see $dir/log)" >&2
+        exit 1
+    fi
+    local total
+    total=$(grep -m1 -E '^(summary|totals):' "$dir/out" | awk '{print $2}')
+    [ -n "$total" ] || { echo "no instruction count from callgrind for $script" >&2; exit 1; }
+    echo "$total"
 }
 
 fixed=$(( $(count "$work/empty.lua" "$calls") ))

@@ -103,7 +103,7 @@ async fn concurrent_reservations_share_script_calls_and_keep_the_schedule() {
     assert!(calls <= 50, "200 concurrent reservations took {calls} script calls; they should share them");
 }
 
-/// The user's start set is trimmed once per longest-window period, not on every call, and
+/// The user's start list is trimmed once per longest-window period, not on every call, and
 /// so stays within about two periods' worth of starts however many tasks the user runs.
 #[tokio::test]
 async fn a_busy_users_starts_stay_few() {
@@ -117,8 +117,8 @@ async fn a_busy_users_starts_stay_few() {
         (now, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
         largest = largest.max(redis.cli(&["LLEN", &key]).trim().parse::<usize>().expect("count"));
     }
-    assert!(largest <= 11, "the start set grew to {largest} entries");
-    assert!(largest >= 6, "the start set never held two periods: {largest}");
+    assert!(largest <= 11, "the start list grew to {largest} entries");
+    assert!(largest >= 6, "the start list never held two periods: {largest}");
 }
 
 /// Nothing writes "running" down: leased is running, in the due index is queued, and
@@ -185,7 +185,7 @@ async fn an_earlier_versions_shards_are_adopted() {
     assert_eq!(got, [("old1", "ann", 1000), ("old2", "bob", 2000)]);
 }
 
-/// A user's start set outlives its newest start's longest window, on every reservation:
+/// A user's start list outlives its newest start's longest window, on every reservation:
 /// also right after a policy change makes the longest window longer (the history the new
 /// window needs must not expire on the old window's schedule).
 #[tokio::test]
@@ -206,8 +206,8 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
 }
 
 /// Versions before the starts list kept a user's starts in a zset under the same key: the
-/// first reservation that meets one rewrites it as a list, oldest first, and decides with
-/// the history it held.
+/// first reservation with windows that meets one rewrites it as a list, oldest first, keeps
+/// its expiry, and decides with the history it held, even when it then stores nothing.
 #[tokio::test]
 async fn an_earlier_versions_start_set_is_read_and_rewritten() {
     let redis = RedisServer::start();
@@ -228,6 +228,18 @@ async fn an_earlier_versions_start_set_is_read_and_rewritten() {
         .map(|(at, id)| format!("{}:{id}", BASE_MS + at))
         .collect();
     assert_eq!(redis.cli(&["LRANGE", &key, "0", "-1"]), want.join("\n"));
+
+    // A reservation too far out stores nothing, but the rewritten list keeps the zset's expiry.
+    let key = sluice::store::keys::starts("old-idle");
+    redis.cli(&["ZADD", &key, &(BASE_MS - 100).to_string(), "i1"]);
+    redis.cli(&["PEXPIRE", &key, "50000"]);
+    let task = NewTask { task_id: "n2".into(), user_id: "old-idle".into(), payload: "null".into() };
+    let rule = SlotRule { windows: vec![(1, 1000)], max_delay_ms: Some(0), now_ms: Some(BASE_MS), ..rule };
+    let got = store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve");
+    assert_eq!(got, Reserved::TooFar { slot_ms: BASE_MS + 900, now_ms: BASE_MS });
+    assert_eq!(redis.cli(&["LRANGE", &key, "0", "-1"]), format!("{}:i1", BASE_MS - 100));
+    let ttl: i64 = redis.cli(&["PTTL", &key]).parse().expect("ttl");
+    assert!((40_000..=50_000).contains(&ttl), "the rewritten list's ttl is {ttl} ms");
 }
 
 /// A cancelled reservation gives back its own start and no other, even one at the same
@@ -249,5 +261,18 @@ async fn a_cancel_frees_its_own_start_only() {
         let want = [format!("{BASE_MS}:c1"), format!("{}:c3", BASE_MS + 1000)];
         assert_eq!(redis.cli(&["LRANGE", &key, "0", "-1"]), want.join("\n"));
         assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("c2")]), "0");
+        assert_eq!(redis.cli(&["ZSCORE", sluice::store::keys::LEASE, "c2"]), "", "c2 was admitted: leased");
     }
+    assert_eq!(redis.cli(&["ZCARD", sluice::store::keys::LEASE]), "1", "c1 is still leased");
+
+    // A reservation without windows writes no start, so it leaves an earlier version's zset
+    // of starts as it was; cancelling it still forgets the task.
+    let key = sluice::store::keys::starts("cz");
+    redis.cli(&["ZADD", &key, &(BASE_MS - 500).to_string(), "z-old"]);
+    let task = NewTask { task_id: "z1".into(), user_id: "cz".into(), payload: "null".into() };
+    let rule = SlotRule { bucket: Some((1000, 1)), now_ms: Some(BASE_MS), ..SlotRule::default() };
+    let (slot, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
+    store.cancel("z1", "cz", slot).await.expect("cancel beside an old zset");
+    assert_eq!(redis.cli(&["ZRANGE", &key, "0", "-1"]), "z-old");
+    assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("z1")]), "0");
 }

@@ -39,16 +39,23 @@ end
 -- The start time of a 'start ms:task id' entry.
 local function start_of(entry) return tonumber(string.match(entry, '^%d+')) end
 
--- The user's newest start entry, or nil. Versions before this one kept the starts in a
--- zset under the same key: the first reservation that meets one rewrites it as a list.
+-- Versions before this one kept a user's starts in a zset (task id -> start ms) under the
+-- same key: rewrite one as a list, oldest first, keeping its expiry.
+local function migrate(starts)
+  local old = redis.call('ZRANGE', starts, '0', '-1', 'WITHSCORES')
+  local ttl = redis.call('PTTL', starts)
+  redis.call('DEL', starts)
+  for i = 1, #old, 2 do
+    redis.call('RPUSH', starts, int(tonumber(old[i + 1])) .. ':' .. old[i])
+  end
+  if ttl > 0 then redis.call('PEXPIRE', starts, ttl) end
+end
+
+-- The user's newest start entry, or false when there is none.
 local function newest(starts)
   local last = redis.pcall('LINDEX', starts, '-1')
   if type(last) == 'table' and last.err then
-    local old = redis.call('ZRANGE', starts, '0', '-1', 'WITHSCORES')
-    redis.call('DEL', starts)
-    for i = 1, #old, 2 do
-      redis.call('RPUSH', starts, int(tonumber(old[i + 1])) .. ':' .. old[i])
-    end
+    migrate(starts)
     last = redis.call('LINDEX', starts, '-1')
   end
   return last
@@ -105,7 +112,7 @@ local function reserve(k, a)
     redis.call('PEXPIRE', starts, int(slot - now + max_window))
     -- Forget starts that left every window once per longest-window period of the user's
     -- starts, not on every task: a period holds at most its window's limit of starts, so
-    -- the set stays small in between. (Only memory depends on this, never a decision.)
+    -- the list stays small in between. (Only memory depends on this, never a decision.)
     if last_start and math.floor(slot / max_window) > math.floor(last_start / max_window) then
       local old, horizon = 0, now - max_window
       for _, entry in ipairs(redis.call('LRANGE', starts, '0', '-1')) do
