@@ -5,6 +5,7 @@
 
 mod load;
 mod procs;
+mod stall;
 
 use anyhow::Context;
 use serde_json::json;
@@ -120,7 +121,7 @@ async fn bench() -> anyhow::Result<()> {
 /// status, requests per second, Redis commands per request, AOF rewrites started, CPU per
 /// 1,000 requests of the workers, Redis (with its rewrite children that ended meanwhile)
 /// and this load generator, how busy that kept the machine, queued and admitted tasks run
-/// per second, and the workers' peak RSS.
+/// per second, the longest the machine stalled (see `stall`), and the workers' peak RSS.
 async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<serde_json::Value> {
     let pids = sluice.workers();
     let counters = || -> anyhow::Result<[f64; 6]> {
@@ -131,7 +132,9 @@ async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<
         Ok([cmds as f64, rewrites as f64, workers, redis_cpu, own_cpu, ran as f64])
     };
     let before = counters()?;
+    let watchdog = stall::Watchdog::start();
     let mut phase = load::run(load).await?;
+    let longest_stall_ms = watchdog.finish();
     let after = counters()?;
     let [cmds, rewrites, cpu, redis_cpu, own_cpu, ran] = std::array::from_fn(|i| after[i] - before[i]);
     let (n, secs) = (phase.total() as f64, phase.elapsed.as_secs_f64());
@@ -145,6 +148,7 @@ async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<
     summary["load_generator_cpu_s_per_1000"] = json!(round3(own_cpu / n * 1000.0));
     summary["cpu_busy_share"] = json!(round2((cpu + redis_cpu + own_cpu) / secs / cores));
     summary["tasks_run_per_s"] = json!((ran / secs).round());
+    summary["longest_stall_ms"] = json!(longest_stall_ms);
     let peak_rss: Vec<f64> = pids.iter().map(|p| round2(status_kib(*p, "VmHWM") as f64 / 1024.0)).collect();
     summary["peak_rss_mib_per_worker"] = json!(peak_rss);
     Ok(summary)
@@ -304,6 +308,7 @@ fn latency_summary(phase: &mut Phase) -> serde_json::Value {
         "p50_ms": quantile_ms(&mut all, 0.50),
         "p99_ms": quantile_ms(&mut all, 0.99),
         "p999_ms": quantile_ms(&mut all, 0.999),
+        "max_ms": quantile_ms(&mut all, 1.0),
         "by_status": by_status,
     })
 }
@@ -315,6 +320,11 @@ fn median_by(rounds: &[serde_json::Value], key: &str) -> serde_json::Value {
 }
 
 fn print_table(r: &serde_json::Value) {
+    // One figure of each round, in order.
+    let each = |rounds: &str, key: &str| -> String {
+        let values = r[rounds].as_array().map_or(Vec::new(), |v| v.iter().map(|x| x[key].to_string()).collect());
+        values.join(" / ")
+    };
     let m = &r["throughput_median"];
     println!();
     println!("| figure (median of rounds) | value |");
@@ -332,14 +342,12 @@ fn print_table(r: &serde_json::Value) {
         }
     }
     let h = &r["half_peak"];
-    let p99s: Vec<String> =
-        r["half_peak_rounds"].as_array().map_or(Vec::new(), |v| v.iter().map(|x| x["p99_ms"].to_string()).collect());
     println!(
         "| at half of that rate, median round by p99: p50 / p99 ms (AOF rewrites meanwhile); p99 of each round | {} / {} ({}); {} |",
         h["p50_ms"],
         h["p99_ms"],
         h["aof_rewrites"],
-        p99s.join(" / ")
+        each("half_peak_rounds", "p99_ms")
     );
     println!(
         "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",
@@ -364,6 +372,16 @@ fn print_table(r: &serde_json::Value) {
     println!(
         "| the same with task ids overwritten (due index stays small): calls/s; Sluice's share | {}; {} |",
         m["reserve_lua_alone_overwriting_per_s"], m["share_of_reserve_lua_alone_overwriting"]
+    );
+    println!(
+        "| longest answer ms, each round: full rate; half of peak | {}; {} |",
+        each("throughput_rounds", "max_ms"),
+        each("half_peak_rounds", "max_ms")
+    );
+    println!(
+        "| longest stall of the machine ms (a watchdog thread's overshoot; seconds mean a paused VM), each round: full rate; half of peak | {}; {} |",
+        each("throughput_rounds", "longest_stall_ms"),
+        each("half_peak_rounds", "longest_stall_ms")
     );
     println!("| peak RSS per worker MiB | {} |", m["peak_rss_mib_per_worker"]);
     let q = &r["queue"];
