@@ -78,6 +78,37 @@ async fn queued_tasks_survive_a_redis_restart_from_its_aof() {
 }
 
 #[tokio::test]
+async fn a_full_redis_refuses_new_tasks_and_runs_each_queued_one_once() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("full");
+    let mut env = crate::support::env_for(&redis, &dir, &test_policy_dir(), "short-window");
+    env.insert("LEASE_MS".into(), "300".into());
+    let svc = Service::start_with(dir, env).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (status, body) = svc.post_task(if i % 2 == 0 { "full-a" } else { "full-b" }).await;
+        assert!(status == StatusCode::OK || status == StatusCode::ACCEPTED, "{body}");
+        ids.push(body["task_id"].as_str().expect("id").to_owned());
+    }
+    // From here Redis refuses every write that would grow its memory, as at maxmemory.
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let (status, body) = svc.post_task("full-a").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("storage full")), "{body}");
+
+    // The queued tasks still run (they reach 2 s ahead), and each once: a task whose
+    // acknowledgement Redis refused would keep its lease and run again at every expiry.
+    all_ran(&svc.log_path(), &ids, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let runs = read_log(&svc.log_path()).len();
+    assert_eq!(runs, ids.len(), "{} runs of {} tasks", runs, ids.len());
+    let (status, body) = svc.get(&format!("/task/{}", ids[11])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+    assert!(body["completed_at"].is_i64(), "{body}");
+}
+
+#[tokio::test]
 async fn a_frozen_redis_gets_503_within_two_seconds_and_then_recovers() {
     let redis = RedisServer::start();
     let svc = Service::start(&redis, &test_policy_dir(), "short-window").await;

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// Redis did not answer in time, refused the connection, or failed the command.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// Redis is at its `maxmemory` and refuses writes that would grow it.
+    #[error("redis is full: {0}")]
+    Full(String),
     /// Redis answered something the scripts never return.
     #[error("unexpected redis reply: {0}")]
     BadReply(String),
@@ -35,7 +38,11 @@ impl StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        Self::Unavailable(e.to_string())
+        // At maxmemory Redis answers `OOM` to a command (or script) that would grow it, and
+        // a transaction holding one aborts with that error among its commands'.
+        let errors = e.clone().into_server_errors();
+        let full = errors.is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "OOM"));
+        if full { Self::Full(e.to_string()) } else { Self::Unavailable(e.to_string()) }
     }
 }
 
@@ -43,6 +50,8 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("st
 static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/cancel.lua")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/claim.lua")));
 static ADOPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/adopt.lua")));
+static TASK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/task.lua")));
+static ACK_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/ack.lua")));
 
 /// A task to reserve a start for.
 #[derive(Debug, Clone)]
@@ -178,11 +187,25 @@ impl Store {
             pipe.arg("completed_at").arg(run.completed_at).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(keep.as_millis() as u64).ignore();
         }
-        let removed: Vec<i64> = self.run(async |c| pipe.query_async(c).await).await?;
+        let removed: Vec<i64> = match self.run(async |c| pipe.query_async(c).await).await {
+            Err(StoreError::Full(_)) => self.ack_when_full(done, keep).await?,
+            answer => answer?,
+        };
         if removed.len() != done.len() {
             return Err(StoreError::BadReply(format!("ack: {} answers for {} tasks", removed.len(), done.len())));
         }
         Ok(removed.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// The same acknowledgement by `ack.lua`, which Redis runs even at `maxmemory`: else a
+    /// full Redis would leave every running task leased, to run again at each expiry.
+    async fn ack_when_full(&self, done: &[Completion<'_>], keep: Duration) -> Result<Vec<i64>, StoreError> {
+        let mut inv = ACK_WHEN_FULL.prepare_invoke();
+        inv.key(keys::LEASE).arg(keys::TASK_PREFIX).arg(keep.as_millis() as u64);
+        for run in done {
+            inv.arg(run.task_id).arg(run.started_at).arg(run.completed_at);
+        }
+        self.run(async |c| inv.invoke_async(c).await).await
     }
 
     /// A task as it is now, if it exists: running while it holds a lease, queued while it
@@ -190,13 +213,13 @@ impl Store {
     /// though its record has the times of that run), else completed once acknowledged.
     /// The three are read in one atomic step.
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic().zscore(keys::LEASE, task_id).zscore(keys::DUE, task_id).hgetall(keys::task(task_id));
-        let (leased, due, fields): (Option<f64>, Option<f64>, HashMap<String, String>) =
-            self.run(async |c| pipe.query_async(c).await).await?;
+        let mut inv = TASK.prepare_invoke();
+        inv.key(keys::LEASE).key(keys::DUE).key(keys::task(task_id)).arg(task_id);
+        let (leased, due, fields): (bool, bool, HashMap<String, String>) =
+            self.run(async |c| inv.invoke_async(c).await).await?;
         let status = match (leased, due, fields.contains_key("completed_at")) {
-            (Some(_), _, _) => TaskState::Running,
-            (None, None, true) => TaskState::Completed,
+            (true, _, _) => TaskState::Running,
+            (false, false, true) => TaskState::Completed,
             _ => TaskState::Queued,
         };
         Ok(task_view(task_id, &fields, status))

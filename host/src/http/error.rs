@@ -38,8 +38,8 @@ pub enum AppError {
     /// Too many requests in flight in this worker (503).
     #[error("overloaded, retry shortly")]
     Overloaded,
-    /// Redis is unreachable or slow (503).
-    #[error("storage unavailable, retry shortly")]
+    /// Redis is unreachable, slow or full (503).
+    #[error("{}", store_message(.0))]
     StoreUnavailable(#[source] StoreError),
     /// The policy failed to decide (503).
     #[error("{}", public_message(.0))]
@@ -102,6 +102,14 @@ impl IntoResponse for AppError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// What a client is told when Redis cannot take the task.
+fn store_message(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Full(_) => "storage full: Redis is at its maxmemory and takes no new tasks until it has room",
+        StoreError::Unavailable(_) | StoreError::BadReply(_) => "storage unavailable, retry shortly",
     }
 }
 

@@ -1,6 +1,10 @@
 -- Claim due tasks: first put tasks whose lease expired (their worker died) back in the
 -- due index, then move up to ARGV[1] due tasks into the lease set. Leased is running:
 -- the task record is not written (see reserve.lua).
+-- Claims go on when Redis is at maxmemory: Redis refuses a command that grows memory only
+-- as a script's first write, and each path here writes first with a removal (ZREM,
+-- ZREMRANGEBYRANK). Keep it so, or full Redis stops the queue (tested by
+-- reliability::a_full_redis_refuses_new_tasks_and_runs_each_queued_one_once).
 -- KEYS[1] the due index, KEYS[2] the lease set
 -- ARGV[1] max tasks, ARGV[2] lease ms, ARGV[3] task key prefix
 -- (the task key is prefix .. '{' .. id .. '}')

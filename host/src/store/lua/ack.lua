@@ -1,0 +1,19 @@
+#!lua flags=allow-oom
+-- Acknowledge run tasks when Redis is full. The usual acknowledgement is a MULTI/EXEC
+-- (Store::ack); at maxmemory Redis refuses its HSET while queuing it and aborts the whole
+-- transaction, so every running task would keep its lease and run again each time the
+-- lease expired. This script does the same writes and is flagged allow-oom, which Redis
+-- honours when full: each task grows by its two times, and its record then expires.
+-- KEYS[1] the lease set
+-- ARGV[1] task key prefix (the task key is prefix .. '{' .. id .. '}'), ARGV[2] keep ms,
+-- then per task: id, started_at ms, completed_at ms
+-- Returns per task 1 if its lease entry was still there, else 0 (as ZREM).
+local removed = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local key = ARGV[1] .. '{' .. id .. '}'
+  table.insert(removed, redis.call('ZREM', KEYS[1], id))
+  redis.call('HSET', key, 'started_at', ARGV[i + 1], 'completed_at', ARGV[i + 2])
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return removed
