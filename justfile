@@ -102,6 +102,10 @@ bench: build
     cargo run --release --quiet -p sluice-bench
     cargo bench -p sluice --bench policy
 
+# Redis bytes per task with a payload of PAYLOAD_BYTES, for sizing Redis (a fresh Redis and a release Sluice)
+bench-memory PAYLOAD_BYTES="0": build
+    bench/task-bytes.py {{PAYLOAD_BYTES}}
+
 # Redis instructions per reserve.lua call under callgrind: repeatable where throughput on a shared VM is not (pass other scripts to compare)
 bench-script *SCRIPTS:
     bench/reserve-instructions.sh {{SCRIPTS}}
