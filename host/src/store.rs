@@ -197,7 +197,7 @@ impl Store {
         Ok(removed.into_iter().map(|n| n == 1).collect())
     }
 
-    /// The same acknowledgement by `ack.lua`, which Redis runs even at `maxmemory`: else a
+    /// The same acknowledgement by `ack.lua`, which Redis lets finish at `maxmemory`: else a
     /// full Redis would leave every running task leased, to run again at each expiry.
     async fn ack_when_full(&self, done: &[Completion<'_>], keep: Duration) -> Result<Vec<i64>, StoreError> {
         let mut inv = ACK_WHEN_FULL.prepare_invoke();

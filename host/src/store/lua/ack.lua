@@ -1,9 +1,10 @@
-#!lua flags=allow-oom
 -- Acknowledge run tasks when Redis is full. The usual acknowledgement is a MULTI/EXEC
--- (Store::ack); at maxmemory Redis refuses its HSET while queuing it and aborts the whole
+-- (Store::ack); at maxmemory Redis refuses every command queued in a MULTI and aborts the
 -- transaction, so every running task would keep its lease and run again each time the
--- lease expired. This script does the same writes and is flagged allow-oom, which Redis
--- honours when full: each task grows by its two times, and its record then expires.
+-- lease expired. A script is refused a command that grows memory only as its first write
+-- (as claim.lua relies on too), and this one writes first with a ZREM: each task grows by
+-- its two times, and its record then expires. (Redis 7's `allow-oom` flag would say the
+-- same, but a flagged script needs Redis 7.)
 -- KEYS[1] the lease set
 -- ARGV[1] task key prefix (the task key is prefix .. '{' .. id .. '}'), ARGV[2] keep ms,
 -- then per task: id, started_at ms, completed_at ms
