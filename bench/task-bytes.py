@@ -3,9 +3,12 @@
 redis.conf and a release Sluice (one worker), both on this machine.
 
 usage: bench/task-bytes.py [PAYLOAD_BYTES]   (just bench-memory PAYLOAD_BYTES)
+       BENCH_REDIS_ARGS='--hash-max-ziplist-value 64' adds redis-server flags
 
-Posts 10,000 tasks for 10,000 users (each runs at once: a user's first task), then 10,000
-more over 100 of those users (most are queued), and reads Redis's used_memory after each.
+Reads Redis's used_memory after each of: 10,000 users' first tasks (each runs at once); a
+second task each a second later (runs at once too); a minute later, when the users' starts
+have expired and what is left is what Redis keeps for TASK_TTL_SECS; then 10,000 more tasks
+over 100 of those users (most are queued).
 """
 import http.client, os, socket, subprocess, sys, tempfile, time
 
@@ -14,7 +17,8 @@ payload_bytes = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 payload = '"' + 'x' * max(payload_bytes - 2, 0) + '"' if payload_bytes else 'null'
 tmp = tempfile.mkdtemp(prefix='sluice-task-bytes-')
 sock = f'{tmp}/redis.sock'
-redis = subprocess.Popen(['redis-server', f'{root}/redis.conf', '--port', '0', '--unixsocket', sock, '--dir', tmp],
+extra = os.environ.get('BENCH_REDIS_ARGS', '').split()  # as for just bench: override redis.conf
+redis = subprocess.Popen(['redis-server', f'{root}/redis.conf', '--port', '0', '--unixsocket', sock, '--dir', tmp, *extra],
                          stdout=subprocess.DEVNULL)
 while not os.path.exists(sock):
     time.sleep(0.05)
@@ -35,13 +39,14 @@ def used_memory():
 
 
 def post_all(conn, n, users):
+    """Post n tasks round-robin over `users`; the answers by status, and how many were stored."""
     codes = {}
     for i in range(n):
         body = f'{{"user_id":"user-{i % users}","payload":{payload}}}'
         conn.request('POST', '/task', body=body, headers={'content-type': 'application/json'})
         answer = conn.getresponse(); answer.read()
         codes[answer.status] = codes.get(answer.status, 0) + 1
-    return codes
+    return codes, codes.get(200, 0) + codes.get(202, 0)
 
 
 try:
@@ -53,13 +58,23 @@ try:
         except OSError:
             pass
         time.sleep(0.1)
+    else:
+        sys.exit('Sluice did not become ready')
     conn = http.client.HTTPConnection('127.0.0.1', port)
     n = 10_000
-    before = used_memory()
-    codes = post_all(conn, n, n); first = used_memory()
-    print(f'payload {payload_bytes} bytes; a user\'s first task (answers {codes}): {(first - before) / n:.0f} bytes each')
-    codes = post_all(conn, n, 100); more = used_memory()
-    print(f'further tasks of 100 users (answers {codes}): {(more - first) / n:.0f} bytes each')
+    start = used_memory()
+    codes, stored = post_all(conn, n, n); first = used_memory()
+    print(f'payload {payload_bytes} bytes')
+    print(f"  a user's first task, run at once {codes}: {(first - start) / stored:.0f} bytes each")
+    time.sleep(1.2)
+    codes, more = post_all(conn, n, n); second = used_memory()
+    print(f"  a second task a second later, run at once {codes}: {(second - first) / more:.0f} bytes each")
+    time.sleep(61)
+    kept = used_memory()
+    print(f'  a minute later, kept for TASK_TTL_SECS: {(kept - start) / (stored + more):.0f} bytes per run task')
+    conn = http.client.HTTPConnection('127.0.0.1', port)  # Sluice closed the idle one
+    codes, queued = post_all(conn, n, 100); last = used_memory()
+    print(f'  further tasks of 100 users, most queued {codes}: {(last - kept) / queued:.0f} bytes each')
 finally:
     sluice.terminate(); sluice.wait(); redis.terminate(); redis.wait()
     subprocess.run(['rm', '-rf', tmp])

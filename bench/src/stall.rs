@@ -16,7 +16,7 @@ const TICK: Duration = Duration::from_millis(5);
 pub struct Watchdog {
     stop: Arc<AtomicBool>,
     longest_us: Arc<AtomicU64>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
@@ -33,13 +33,26 @@ impl Watchdog {
                 longest.fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
             }
         });
-        Self { stop, longest_us, thread }
+        Self { stop, longest_us, thread: Some(thread) }
     }
 
     /// Stop; the longest stall seen, in ms.
-    pub fn finish(self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+    pub fn finish(mut self) -> f64 {
+        self.stop();
         (self.longest_us.load(Ordering::Relaxed) as f64 / 1000.0).round()
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A round that failed midway stops its watchdog too.
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

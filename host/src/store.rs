@@ -38,11 +38,14 @@ impl StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        // At maxmemory Redis answers `OOM` to a command (or script) that would grow it, and
-        // a transaction holding one aborts with that error among its commands'.
-        let errors = e.clone().into_server_errors();
-        let full = errors.is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "OOM"));
-        if full { Self::Full(e.to_string()) } else { Self::Unavailable(e.to_string()) }
+        // At maxmemory Redis answers `OOM` to a command or script that would grow it; an
+        // aborted transaction carries one such answer per refused command; Redis 6 wraps a
+        // script's refusal in `ERR Error running script ... -OOM ...`.
+        let message = e.to_string();
+        let refused = e.into_server_errors();
+        let full = refused.is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "OOM"))
+            || message.contains("-OOM command not allowed");
+        if full { Self::Full(message) } else { Self::Unavailable(message) }
     }
 }
 

@@ -80,6 +80,8 @@ impl AppError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::Rejected { retry_after_ms, .. } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            // Room comes back when an operator acts or records expire: not within a second.
+            Self::StoreUnavailable(StoreError::Full(_)) => Some(FULL_RETRY_AFTER_SECS),
             Self::Overloaded | Self::StoreUnavailable(_) | Self::Policy(_) => Some(1),
             _ => None,
         }
@@ -104,6 +106,9 @@ impl IntoResponse for AppError {
         response
     }
 }
+
+/// `Retry-After` while Redis is full.
+const FULL_RETRY_AFTER_SECS: u64 = 30;
 
 /// What a client is told when Redis cannot take the task.
 fn store_message(e: &StoreError) -> &'static str {

@@ -1,10 +1,11 @@
 -- Acknowledge run tasks when Redis is full. The usual acknowledgement is a MULTI/EXEC
 -- (Store::ack); at maxmemory Redis refuses every command queued in a MULTI and aborts the
 -- transaction, so every running task would keep its lease and run again each time the
--- lease expired. A script is refused a command that grows memory only as its first write
--- (as claim.lua relies on too), and this one writes first with a ZREM: each task grows by
--- its two times, and its record then expires. (Redis 7's `allow-oom` flag would say the
--- same, but a flagged script needs Redis 7.)
+-- lease expired. Redis refuses a script a command that grows memory only while the script
+-- has called no write command yet, whatever that command changed (claim.lua relies on this
+-- too), and this one calls ZREM first: each task grows by its two times, and its record
+-- then expires. (Redis 7's `allow-oom` flag would allow even a first write, but a flagged
+-- script needs Redis 7.)
 -- KEYS[1] the lease set
 -- ARGV[1] task key prefix (the task key is prefix .. '{' .. id .. '}'), ARGV[2] keep ms,
 -- then per task: id, started_at ms, completed_at ms

@@ -3,7 +3,7 @@
 -- the task record is not written (see reserve.lua).
 -- Claims go on when Redis is at maxmemory: Redis refuses a command that grows memory only
 -- as a script's first write, and each path here writes first with a removal (ZREM,
--- ZREMRANGEBYRANK). Keep it so, or full Redis stops the queue (tested by
+-- ZREMRANGEBYRANK). Keep it so, or a full Redis stops the queue (tested by
 -- reliability::a_full_redis_refuses_new_tasks_and_runs_each_queued_one_once).
 -- KEYS[1] the due index, KEYS[2] the lease set
 -- ARGV[1] max tasks, ARGV[2] lease ms, ARGV[3] task key prefix
