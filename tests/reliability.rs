@@ -80,10 +80,7 @@ async fn queued_tasks_survive_a_redis_restart_from_its_aof() {
 #[tokio::test]
 async fn a_full_redis_refuses_new_tasks_and_runs_each_queued_one_once() {
     let redis = RedisServer::start();
-    let dir = TempDir::new("full");
-    let mut env = crate::support::env_for(&redis, &dir, &test_policy_dir(), "short-window");
-    env.insert("LEASE_MS".into(), "300".into());
-    let svc = Service::start_with(dir, env).await;
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &[("LEASE_MS", "300")]).await;
     let mut ids = Vec::new();
     for i in 0..12 {
         let (status, body) = svc.post_task(if i % 2 == 0 { "full-a" } else { "full-b" }).await;
@@ -133,10 +130,7 @@ async fn a_frozen_redis_gets_503_within_two_seconds_and_then_recovers() {
 #[tokio::test]
 async fn beyond_max_in_flight_requests_are_shed_with_503() {
     let redis = RedisServer::start();
-    let dir = TempDir::new("shed");
-    let mut env = crate::support::env_for(&redis, &dir, &test_policy_dir(), "short-window");
-    env.insert("MAX_IN_FLIGHT".into(), "4".into());
-    let svc = Service::start_with(dir, env).await;
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &[("MAX_IN_FLIGHT", "4")]).await;
     signal(redis.pid(), "STOP");
     let answers =
         futures_util::future::join_all((0..40).map(|i| svc.post_task(if i % 2 == 0 { "p" } else { "q" }))).await;

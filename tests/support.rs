@@ -142,9 +142,16 @@ pub struct Service {
 
 impl Service {
     pub async fn start(redis: &RedisServer, policy_src: &Path, policy: &str) -> Self {
+        Self::start_with(redis, policy_src, policy, &[]).await
+    }
+
+    /// Start with extra environment variables (they override the defaults), as
+    /// [`Spawned::start_with`].
+    pub async fn start_with(redis: &RedisServer, policy_src: &Path, policy: &str, extra: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("svc");
-        let env = env_for(redis, &dir, policy_src, policy);
-        Self::start_with(dir, env).await
+        let mut env = env_for(redis, &dir, policy_src, policy);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::from_env(dir, env).await
     }
 
     /// A second worker on the same Redis, sharing this one's completion log.
@@ -152,10 +159,10 @@ impl Service {
         let dir = TempDir::new("svc");
         let mut env = env_for(redis, &dir, policy_src, policy);
         env.insert("TASK_LOG".into(), self.log_path().display().to_string());
-        Self::start_with(dir, env).await
+        Self::from_env(dir, env).await
     }
 
-    pub async fn start_with(dir: TempDir, env: HashMap<String, String>) -> Self {
+    async fn from_env(dir: TempDir, env: HashMap<String, String>) -> Self {
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
         let worker = Worker::build(&config, 0).await.expect("worker builds");
         worker.start_background();
