@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use std::time::Duration;
 
-use crate::support::{RedisServer, Service, dist_dir, read_log, test_policy_dir};
+use crate::support::{RedisServer, Service, dist_dir, json_of, read_log, task_request, test_policy_dir};
 
 #[tokio::test]
 async fn admitted_task_runs_before_the_answer_and_is_logged() {
@@ -33,13 +33,10 @@ async fn over_the_limit_is_queued_with_an_honest_run_at_and_retry_after() {
     let svc = Service::start(&redis, &dist_dir(), "default").await;
     let (first, _) = svc.post_task("bob").await;
     assert_eq!(first, StatusCode::OK);
-    let req =
-        Request::post("/task").header("content-type", "application/json").body(Body::from(r#"{"user_id":"bob"}"#));
-    let response = tower::ServiceExt::oneshot(svc.app.clone(), req.expect("request")).await.expect("infallible");
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = svc.respond(task_request(r#"{"user_id":"bob"}"#)).await;
     assert_eq!(response.headers()["retry-after"], "1");
-    let body: serde_json::Value =
-        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 4096).await.expect("body")).expect("json");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(body["status"], "queued");
     let task_id = body["task_id"].as_str().expect("task_id").to_owned();
     let run_at = body["run_at"].as_i64().expect("integer run_at");

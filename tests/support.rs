@@ -183,8 +183,7 @@ impl Service {
     }
 
     pub async fn post_json(&self, body: &str) -> (StatusCode, Value) {
-        let req = Request::post("/task").header("content-type", "application/json").body(Body::from(body.to_owned()));
-        self.send(req.expect("request")).await
+        self.send(task_request(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -192,13 +191,30 @@ impl Service {
     }
 
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let response = self.app.clone().oneshot(req).await.expect("router is infallible");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-        let json = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {}", String::from_utf8_lossy(&bytes)));
-        (status, json)
+        json_of(self.respond(req).await).await
     }
+
+    /// The whole answer to `req`, headers included.
+    pub async fn respond(&self, req: Request<Body>) -> axum::response::Response {
+        self.app.clone().oneshot(req).await.expect("router is infallible")
+    }
+}
+
+/// `POST /task` with a JSON `body`.
+pub fn task_request(body: &str) -> Request<Body> {
+    Request::post("/task")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+/// An answer's status and JSON body.
+pub async fn json_of(response: axum::response::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {}", String::from_utf8_lossy(&bytes)));
+    (status, json)
 }
 
 impl Drop for Service {

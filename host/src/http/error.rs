@@ -38,9 +38,9 @@ pub enum AppError {
     /// Too many requests in flight in this worker (503).
     #[error("overloaded, retry shortly")]
     Overloaded,
-    /// Redis is unreachable, slow or full (503).
+    /// Redis could not take or answer the request: unreachable, slow or full (503).
     #[error("{}", store_message(.0))]
-    StoreUnavailable(#[source] StoreError),
+    Store(#[source] StoreError),
     /// The policy failed to decide (503).
     #[error("{}", public_message(.0))]
     Policy(#[source] PolicyError),
@@ -48,14 +48,14 @@ pub enum AppError {
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        Self::StoreUnavailable(e)
+        Self::Store(e)
     }
 }
 
 impl From<PolicyError> for AppError {
     fn from(e: PolicyError) -> Self {
         match e {
-            PolicyError::Store(store) => Self::StoreUnavailable(store),
+            PolicyError::Store(store) => Self::Store(store),
             other => Self::Policy(other),
         }
     }
@@ -72,7 +72,7 @@ impl AppError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Rejected { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::StoreUnavailable(_) | Self::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::Store(_) | Self::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,8 +81,8 @@ impl AppError {
         match self {
             Self::Rejected { retry_after_ms, .. } => Some(retry_after_ms.div_ceil(1000).max(1)),
             // Room comes back when an operator acts or records expire: not within a second.
-            Self::StoreUnavailable(StoreError::Full(_)) => Some(FULL_RETRY_AFTER_SECS),
-            Self::Overloaded | Self::StoreUnavailable(_) | Self::Policy(_) => Some(1),
+            Self::Store(StoreError::Full(_)) => Some(FULL_RETRY_AFTER_SECS),
+            Self::Overloaded | Self::Store(_) | Self::Policy(_) => Some(1),
             _ => None,
         }
     }
@@ -91,7 +91,7 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
-            Self::StoreUnavailable(cause) => tracing::warn!("answering 503: {cause}"),
+            Self::Store(cause) => tracing::warn!("answering 503: {cause}"),
             Self::Policy(cause) => tracing::error!("policy failed, answering 503: {cause}"),
             _ => {}
         }
