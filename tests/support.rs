@@ -151,23 +151,17 @@ impl Service {
         let dir = TempDir::new("svc");
         let mut env = env_for(redis, &dir, policy_src, policy);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Self::from_env(dir, env).await
-    }
-
-    /// A second worker on the same Redis, sharing this one's completion log.
-    pub async fn peer(&self, redis: &RedisServer, policy_src: &Path, policy: &str) -> Self {
-        let dir = TempDir::new("svc");
-        let mut env = env_for(redis, &dir, policy_src, policy);
-        env.insert("TASK_LOG".into(), self.log_path().display().to_string());
-        Self::from_env(dir, env).await
-    }
-
-    async fn from_env(dir: TempDir, env: HashMap<String, String>) -> Self {
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
         let worker = Worker::build(&config, 0).await.expect("worker builds");
         worker.start_background();
         let app = sluice::http::app(worker.state.clone());
         Self { worker, app, dir }
+    }
+
+    /// A second worker on the same Redis, sharing this one's completion log.
+    pub async fn peer(&self, redis: &RedisServer, policy_src: &Path, policy: &str) -> Self {
+        let log = self.log_path().display().to_string();
+        Self::start_with(redis, policy_src, policy, &[("TASK_LOG", &log)]).await
     }
 
     pub fn log_path(&self) -> PathBuf {
