@@ -99,7 +99,8 @@ test: build-policies build-test-policies
 
 # Benchmark a release build on this machine: throughput, latency by outcome, Redis and CPU cost, memory, queue lateness, micro-benchmarks
 bench: build
-    cargo run --release --quiet -p sluice-bench
+    cargo build --release --quiet -p sluice-bench
+    cargo run --release --quiet -p sluice-bench --bin sluice-bench
     cargo bench -p sluice --bench policy
 
 # Redis bytes per task with a payload of PAYLOAD_BYTES, for sizing Redis (a fresh Redis and a release Sluice)

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use load::{Load, Phase, quantile_ms};
-use procs::{Redis, Sluice, cpu_seconds, status_kib};
+use procs::{Floor, Redis, Sluice, cpu_seconds, status_kib, steal_jiffies};
 use sluice::store::keys;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -78,8 +78,10 @@ async fn bench() -> anyhow::Result<()> {
     // As many rounds as at full rate, each on fresh processes: one 10 s window's p99
     // moves by 2x between identical runs here, with the AOF rewrite and the second-by-second
     // waves of due tasks that fall in it.
-    println!("at half of the median round's rate ({half_rate:.0} req/s), {runs} rounds:");
-    let mut half_rounds = Vec::new();
+    // Each round is followed by the floor at the same rate (see `sluice-floor`), so the two
+    // p99s are compared within a minute of each other, on the same hour's cores and steal.
+    println!("at half of the median round's rate ({half_rate:.0} req/s), {runs} rounds, each then the floor:");
+    let (mut half_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let dir = scratch.join(format!("half{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
@@ -88,9 +90,13 @@ async fn bench() -> anyhow::Result<()> {
         drop((sluice, redis));
         forget(&dir);
         println!("  round {}: {}", round + 1, summary);
+        let floor = floor_round(&scratch.join(format!("floor{round}")), workers, paced).await?;
+        println!("  floor {}: {}", round + 1, floor);
         half_rounds.push(summary);
+        floor_rounds.push(floor);
     }
     let half_summary = median_by(&half_rounds, "p99_ms");
+    let floor_summary = median_by(&floor_rounds, "p99_ms");
 
     println!("queue: {backlog} tasks over {users} users, then drain");
     let queue = queue_phase(&setup, &scratch.join("queue"), users, backlog, connections).await?;
@@ -105,6 +111,8 @@ async fn bench() -> anyhow::Result<()> {
         "throughput_median": median,
         "half_peak_rounds": half_rounds,
         "half_peak": half_summary,
+        "floor_rounds": floor_rounds,
+        "floor": floor_summary,
         "queue": queue,
     });
     print_table(&report);
@@ -132,9 +140,9 @@ async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<
         Ok([cmds as f64, rewrites as f64, workers, redis_cpu, own_cpu, ran as f64])
     };
     let before = counters()?;
-    let watchdog = stall::Watchdog::start();
+    let (watchdog, steal_before) = (stall::Watchdog::start(), steal_jiffies());
     let mut phase = load::run(load).await?;
-    let longest_stall_ms = watchdog.finish();
+    let (longest_stall_ms, steal_after) = (watchdog.finish(), steal_jiffies());
     let after = counters()?;
     let [cmds, rewrites, cpu, redis_cpu, own_cpu, ran] = std::array::from_fn(|i| after[i] - before[i]);
     let (n, secs) = (phase.total() as f64, phase.elapsed.as_secs_f64());
@@ -149,8 +157,38 @@ async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<
     summary["cpu_busy_share"] = json!(round2((cpu + redis_cpu + own_cpu) / secs / cores));
     summary["tasks_run_per_s"] = json!((ran / secs).round());
     summary["longest_stall_ms"] = json!(longest_stall_ms);
+    summary["steal_share"] = json!(steal_share(steal_before, steal_after));
     let peak_rss: Vec<f64> = pids.iter().map(|p| round2(status_kib(*p, "VmHWM") as f64 / 1024.0)).collect();
     summary["peak_rss_mib_per_worker"] = json!(peak_rss);
+    Ok(summary)
+}
+
+/// The share of the machine's time the hypervisor gave to other guests between two
+/// [`steal_jiffies`] readings.
+fn steal_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1).max(1);
+    round3(after.0.saturating_sub(before.0) as f64 / all as f64)
+}
+
+/// The floor at `load`'s rate: `sluice-floor` on a fresh Redis, as many processes as
+/// workers, warmed up as Sluice is. Latencies, rate, CPU per 1,000 requests, steal.
+async fn floor_round(dir: &std::path::Path, workers: usize, load: Load) -> anyhow::Result<serde_json::Value> {
+    let redis = Redis::start(dir)?;
+    let floor = Floor::start(&redis, workers)?;
+    let load = Load { port: floor.port, ..load };
+    load::run(Load { duration: Duration::from_secs(3), rate: None, ..load }).await?;
+    let cpu = || -> [f64; 2] { [floor.pids().into_iter().map(cpu_seconds).sum(), cpu_seconds(redis.pid())] };
+    let (cpu_before, steal_before) = (cpu(), steal_jiffies());
+    let mut phase = load::run(load).await?;
+    let (cpu_after, steal_after) = (cpu(), steal_jiffies());
+    let n = phase.total() as f64;
+    let mut summary = latency_summary(&mut phase);
+    summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
+    summary["floor_cpu_s_per_1000"] = json!(round3((cpu_after[0] - cpu_before[0]) / n * 1000.0));
+    summary["redis_cpu_s_per_1000"] = json!(round3((cpu_after[1] - cpu_before[1]) / n * 1000.0));
+    summary["steal_share"] = json!(steal_share(steal_before, steal_after));
+    drop((floor, redis));
+    forget(dir);
     Ok(summary)
 }
 
@@ -348,6 +386,23 @@ fn print_table(r: &serde_json::Value) {
         h["p99_ms"],
         h["aof_rewrites"],
         each("half_peak_rounds", "p99_ms")
+    );
+    let f = &r["floor"];
+    println!(
+        "| the floor at that rate (`sluice-floor`: HTTP in, one trivial Redis script, HTTP out), median round by p99: p50 / p99 ms; p99 of each round | {} / {}; {} |",
+        f["p50_ms"],
+        f["p99_ms"],
+        each("floor_rounds", "p99_ms")
+    );
+    println!(
+        "| CPU s per 1,000 req at half of peak, median round: Sluice / its Redis; the floor / its Redis | {} / {}; {} / {} |",
+        h["sluice_cpu_s_per_1000"], h["redis_cpu_s_per_1000"], f["floor_cpu_s_per_1000"], f["redis_cpu_s_per_1000"]
+    );
+    println!(
+        "| share of the machine stolen by the hypervisor, each round: full rate; half of peak; floor | {}; {}; {} |",
+        each("throughput_rounds", "steal_share"),
+        each("half_peak_rounds", "steal_share"),
+        each("floor_rounds", "steal_share")
     );
     println!(
         "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",

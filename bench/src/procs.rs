@@ -120,6 +120,61 @@ impl Drop for Sluice {
     }
 }
 
+/// The floor servers (`sluice-floor`), one per worker Sluice would run, on one port.
+#[derive(Debug)]
+pub struct Floor {
+    children: Vec<Child>,
+    pub port: u16,
+}
+
+impl Floor {
+    pub fn start(redis: &Redis, workers: usize) -> anyhow::Result<Self> {
+        let binary = std::env::current_exe()?.with_file_name("sluice-floor");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut floor = Self { children: Vec::new(), port };
+        for _ in 0..workers {
+            let child = Command::new(&binary)
+                .env("FLOOR_PORT", port.to_string())
+                .env("FLOOR_REDIS", &redis.socket)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            floor.children.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "sluice-floor did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every process binds before it serves; give the last one its moment.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(floor)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Jiffies of all cores so far: (stolen by the hypervisor, all). Their ratio over a phase
+/// is the share of the machine's time the host gave to other guests.
+pub fn steal_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    (cpu.get(7).copied().unwrap_or(0), cpu.iter().take(8).sum())
+}
+
 /// CPU seconds (user + system) a process and its waited-for children have used.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
