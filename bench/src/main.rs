@@ -86,11 +86,13 @@ async fn bench() -> anyhow::Result<()> {
         let dir = scratch.join(format!("half{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let paced = Load { port: sluice.port, rate: Some(half_rate), seed: 99 + round as u64, ..load };
-        let summary = measured(&redis, &sluice, paced).await?;
+        let mut summary = measured(&redis, &sluice, paced).await?;
         drop((sluice, redis));
         forget(&dir);
-        println!("  round {}: {}", round + 1, summary);
         let floor = floor_round(&scratch.join(format!("floor{round}")), workers, paced).await?;
+        let ratio = summary["p99_ms"].as_f64().unwrap_or(f64::NAN) / floor["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        summary["p99_over_floor_p99"] = json!(round2(ratio));
+        println!("  round {}: {}", round + 1, summary);
         println!("  floor {}: {}", round + 1, floor);
         half_rounds.push(summary);
         floor_rounds.push(floor);
@@ -393,6 +395,10 @@ fn print_table(r: &serde_json::Value) {
         f["p50_ms"],
         f["p99_ms"],
         each("floor_rounds", "p99_ms")
+    );
+    println!(
+        "| Sluice's p99 over the floor's, each round at half of peak | {} |",
+        each("half_peak_rounds", "p99_over_floor_p99")
     );
     println!(
         "| CPU s per 1,000 req at half of peak, median round: Sluice / its Redis; the floor / its Redis | {} / {}; {} / {} |",
