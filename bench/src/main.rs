@@ -60,7 +60,8 @@ async fn bench() -> anyhow::Result<()> {
     for round in 0..runs {
         let dir = scratch.join(format!("round{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
-        let mut summary = measured(&redis, &sluice, Load { port: sluice.port, seed: 7 + round as u64, ..load }).await?;
+        let full = Load { port: sluice.port, seed: 7 + round as u64, ..load };
+        let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), full).await?;
         drop((sluice, redis));
         let ceiling = reserve_ceiling(&dir.join("ceiling"), users, CeilingTasks::New)?;
         let overwriting = reserve_ceiling(&dir.join("ceiling-overwriting"), users, CeilingTasks::Overwritten)?;
@@ -78,22 +79,30 @@ async fn bench() -> anyhow::Result<()> {
     // As many rounds as at full rate, each on fresh processes: one 10 s window's p99
     // moves by 2x between identical runs here, with the AOF rewrite and the second-by-second
     // waves of due tasks that fall in it.
-    // Each round is followed by the floor at the same rate (see `sluice-floor`), so the two
-    // p99s are compared within a minute of each other, on the same hour's cores and steal.
-    println!("at half of the median round's rate ({half_rate:.0} req/s), {runs} rounds, each then the floor:");
+    // Each round is paired with the floor at the same rate (see `sluice-floor`), so the two
+    // p99s are measured within a minute of each other; which goes first alternates, so a
+    // drift of the host's speed through the run does not always favour the same one.
+    println!("at half of the median round's rate ({half_rate:.0} req/s), {runs} rounds, each paired with the floor:");
     let (mut half_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
     for round in 0..runs {
+        let paced = Load { rate: Some(half_rate), seed: 99 + round as u64, ..load };
+        let floor_dir = scratch.join(format!("floor{round}"));
+        let floor_first = round % 2 == 1;
+        let floor = if floor_first { Some(floor_round(&floor_dir, workers, paced).await?) } else { None };
         let dir = scratch.join(format!("half{round}"));
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
-        let paced = Load { port: sluice.port, rate: Some(half_rate), seed: 99 + round as u64, ..load };
-        let mut summary = measured(&redis, &sluice, paced).await?;
+        let half = Load { port: sluice.port, ..paced };
+        let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), half).await?;
         drop((sluice, redis));
         forget(&dir);
-        let floor = floor_round(&scratch.join(format!("floor{round}")), workers, paced).await?;
+        let floor = match floor {
+            Some(floor) => floor,
+            None => floor_round(&floor_dir, workers, paced).await?,
+        };
         let ratio = summary["p99_ms"].as_f64().unwrap_or(f64::NAN) / floor["p99_ms"].as_f64().unwrap_or(f64::NAN);
         summary["p99_over_floor_p99"] = json!(round2(ratio));
         println!("  round {}: {}", round + 1, summary);
-        println!("  floor {}: {}", round + 1, floor);
+        println!("  floor {}{}: {}", round + 1, if floor_first { " (ran first)" } else { "" }, floor);
         half_rounds.push(summary);
         floor_rounds.push(floor);
     }
@@ -127,19 +136,27 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drive `load` at a warmed-up Sluice and Redis and measure the phase: latencies by
-/// status, requests per second, Redis commands per request, AOF rewrites started, CPU per
-/// 1,000 requests of the workers, Redis (with its rewrite children that ended meanwhile)
-/// and this load generator, how busy that kept the machine, queued and admitted tasks run
-/// per second, the longest the machine stalled (see `stall`), and the workers' peak RSS.
-async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<serde_json::Value> {
-    let pids = sluice.workers();
+/// Drive `load` at a warmed-up server (Sluice or the floor, `name`) and its Redis and
+/// measure the phase: latencies by status, requests per second, Redis commands per request,
+/// AOF rewrites started, CPU per 1,000 requests of the server's processes, Redis (with its
+/// rewrite children that ended meanwhile) and this load generator, how busy that kept the
+/// machine, the share of it the hypervisor stole, tasks run per second (lines added to
+/// `task_log`, Sluice's), the longest the machine stalled (see `stall`), and the server's
+/// peak RSS per process.
+async fn measured(
+    name: &str,
+    redis: &Redis,
+    pids: &[u32],
+    task_log: Option<&std::path::Path>,
+    load: Load,
+) -> anyhow::Result<serde_json::Value> {
     let counters = || -> anyhow::Result<[f64; 6]> {
-        let workers = pids.iter().map(|p| cpu_seconds(*p)).sum();
-        let ran = std::fs::read(&sluice.task_log).map_or(0, |t| t.iter().filter(|b| **b == b'\n').count());
+        let server = pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let lines = |log| std::fs::read(log).map_or(0, |t: Vec<u8>| t.iter().filter(|b| **b == b'\n').count());
+        let ran = task_log.map_or(0, lines);
         let (cmds, rewrites) = (redis.commands()?, redis.aof_rewrites()?);
         let (redis_cpu, own_cpu) = (cpu_seconds(redis.pid()), cpu_seconds(std::process::id()));
-        Ok([cmds as f64, rewrites as f64, workers, redis_cpu, own_cpu, ran as f64])
+        Ok([cmds as f64, rewrites as f64, server, redis_cpu, own_cpu, ran as f64])
     };
     let before = counters()?;
     let (watchdog, steal_before) = (stall::Watchdog::start(), steal_jiffies());
@@ -153,11 +170,13 @@ async fn measured(redis: &Redis, sluice: &Sluice, load: Load) -> anyhow::Result<
     summary["rps"] = json!((n / secs).round());
     summary["redis_commands_per_request"] = json!(round2(cmds / n));
     summary["aof_rewrites"] = json!(rewrites as u64);
-    summary["sluice_cpu_s_per_1000"] = json!(round3(cpu / n * 1000.0));
+    summary[format!("{name}_cpu_s_per_1000")] = json!(round3(cpu / n * 1000.0));
     summary["redis_cpu_s_per_1000"] = json!(round3(redis_cpu / n * 1000.0));
     summary["load_generator_cpu_s_per_1000"] = json!(round3(own_cpu / n * 1000.0));
     summary["cpu_busy_share"] = json!(round2((cpu + redis_cpu + own_cpu) / secs / cores));
-    summary["tasks_run_per_s"] = json!((ran / secs).round());
+    if task_log.is_some() {
+        summary["tasks_run_per_s"] = json!((ran / secs).round());
+    }
     summary["longest_stall_ms"] = json!(longest_stall_ms);
     summary["steal_share"] = json!(steal_share(steal_before, steal_after));
     let peak_rss: Vec<f64> = pids.iter().map(|p| round2(status_kib(*p, "VmHWM") as f64 / 1024.0)).collect();
@@ -173,22 +192,13 @@ fn steal_share(before: (u64, u64), after: (u64, u64)) -> f64 {
 }
 
 /// The floor at `load`'s rate: `sluice-floor` on a fresh Redis, as many processes as
-/// workers, warmed up as Sluice is. Latencies, rate, CPU per 1,000 requests, steal.
+/// workers, warmed up as Sluice is, measured as Sluice is.
 async fn floor_round(dir: &std::path::Path, workers: usize, load: Load) -> anyhow::Result<serde_json::Value> {
     let redis = Redis::start(dir)?;
     let floor = Floor::start(&redis, workers)?;
     let load = Load { port: floor.port, ..load };
     load::run(Load { duration: Duration::from_secs(3), rate: None, ..load }).await?;
-    let cpu = || -> [f64; 2] { [floor.pids().into_iter().map(cpu_seconds).sum(), cpu_seconds(redis.pid())] };
-    let (cpu_before, steal_before) = (cpu(), steal_jiffies());
-    let mut phase = load::run(load).await?;
-    let (cpu_after, steal_after) = (cpu(), steal_jiffies());
-    let n = phase.total() as f64;
-    let mut summary = latency_summary(&mut phase);
-    summary["rps"] = json!((n / phase.elapsed.as_secs_f64()).round());
-    summary["floor_cpu_s_per_1000"] = json!(round3((cpu_after[0] - cpu_before[0]) / n * 1000.0));
-    summary["redis_cpu_s_per_1000"] = json!(round3((cpu_after[1] - cpu_before[1]) / n * 1000.0));
-    summary["steal_share"] = json!(steal_share(steal_before, steal_after));
+    let summary = measured("floor", &redis, &floor.pids(), None, load).await?;
     drop((floor, redis));
     forget(dir);
     Ok(summary)
@@ -389,6 +399,10 @@ fn print_table(r: &serde_json::Value) {
         h["aof_rewrites"],
         each("half_peak_rounds", "p99_ms")
     );
+    println!(
+        "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",
+        h["cpu_busy_share"], h["tasks_run_per_s"]
+    );
     let f = &r["floor"];
     println!(
         "| the floor at that rate (`sluice-floor`: HTTP in, one trivial Redis script, HTTP out), median round by p99: p50 / p99 ms; p99 of each round | {} / {}; {} |",
@@ -396,9 +410,17 @@ fn print_table(r: &serde_json::Value) {
         f["p99_ms"],
         each("floor_rounds", "p99_ms")
     );
+    let empty = Vec::new();
+    let (halves, floors) =
+        (r["half_peak_rounds"].as_array().unwrap_or(&empty), r["floor_rounds"].as_array().unwrap_or(&empty));
+    let pairs: Vec<String> = halves
+        .iter()
+        .zip(floors)
+        .map(|(h, f)| format!("{} ({} / {})", h["p99_over_floor_p99"], h["steal_share"], f["steal_share"]))
+        .collect();
     println!(
-        "| Sluice's p99 over the floor's, each round at half of peak | {} |",
-        each("half_peak_rounds", "p99_over_floor_p99")
+        "| Sluice's p99 over the floor's, each round pair at half of peak (steal share: Sluice's round / the floor's) | {} |",
+        pairs.join(" / ")
     );
     println!(
         "| CPU s per 1,000 req at half of peak, median round: Sluice / its Redis; the floor / its Redis | {} / {}; {} / {} |",
@@ -409,10 +431,6 @@ fn print_table(r: &serde_json::Value) {
         each("throughput_rounds", "steal_share"),
         each("half_peak_rounds", "steal_share"),
         each("floor_rounds", "steal_share")
-    );
-    println!(
-        "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",
-        h["cpu_busy_share"], h["tasks_run_per_s"]
     );
     println!(
         "| full rate, median round: machine busy, tasks run per s | {}, {} |",
@@ -440,9 +458,10 @@ fn print_table(r: &serde_json::Value) {
         each("half_peak_rounds", "max_ms")
     );
     println!(
-        "| longest stall of the machine ms (a watchdog thread's overshoot; seconds mean a paused VM), each round: full rate; half of peak | {}; {} |",
+        "| longest stall of the machine ms (a watchdog thread's overshoot; seconds mean a paused VM), each round: full rate; half of peak; floor | {}; {}; {} |",
         each("throughput_rounds", "longest_stall_ms"),
-        each("half_peak_rounds", "longest_stall_ms")
+        each("half_peak_rounds", "longest_stall_ms"),
+        each("floor_rounds", "longest_stall_ms")
     );
     println!("| peak RSS per worker MiB | {} |", m["peak_rss_mib_per_worker"]);
     let q = &r["queue"];

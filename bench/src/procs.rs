@@ -83,7 +83,7 @@ pub struct Sluice {
 
 impl Sluice {
     pub fn start(binary: &Path, redis: &Redis, dir: &Path, policies: &Path, workers: usize) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let task_log = dir.join("task_log.jsonl");
         let env = HashMap::from([
             ("PORT", port.to_string()),
@@ -97,12 +97,8 @@ impl Sluice {
         ]);
         let child = Command::new(binary).envs(env).current_dir(dir).stdin(Stdio::null()).spawn()?;
         let sluice = Self { child, port, task_log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sluice.workers().len() < workers || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "sluice did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        wait_serving(port, Duration::from_secs(30), || sluice.workers().len() >= workers)
+            .context("sluice did not start")?;
         Ok(sluice)
     }
 
@@ -120,7 +116,8 @@ impl Drop for Sluice {
     }
 }
 
-/// The floor servers (`sluice-floor`), one per worker Sluice would run, on one port.
+/// The floor servers (`sluice-floor`), one per worker Sluice would run, on one port. Each
+/// exits when its stdin closes, so none outlives the bench, even one killed by SIGKILL.
 #[derive(Debug)]
 pub struct Floor {
     children: Vec<Child>,
@@ -130,24 +127,20 @@ pub struct Floor {
 impl Floor {
     pub fn start(redis: &Redis, workers: usize) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?.with_file_name("sluice-floor");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut floor = Self { children: Vec::new(), port };
+        let mut floor = Self { children: Vec::new(), port: free_port()? };
         for _ in 0..workers {
             let child = Command::new(&binary)
-                .env("FLOOR_PORT", port.to_string())
+                .env("FLOOR_PORT", floor.port.to_string())
                 .env("FLOOR_REDIS", &redis.socket)
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("starting {}", binary.display()))?;
             floor.children.push(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "sluice-floor did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        wait_serving(floor.port, Duration::from_secs(10), || true).context("sluice-floor did not start")?;
+        for child in &mut floor.children {
+            anyhow::ensure!(child.try_wait()?.is_none(), "a sluice-floor process exited at start");
         }
-        // Every process binds before it serves; give the last one its moment.
-        std::thread::sleep(Duration::from_millis(300));
         Ok(floor)
     }
 
@@ -163,6 +156,24 @@ impl Drop for Floor {
             let _ = child.wait();
         }
     }
+}
+
+/// A loopback port free at the moment of asking.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Wait until `port` accepts connections and `ready` holds, then a little longer: with
+/// `SO_REUSEPORT` the kernel spreads connections only over the processes that have bound,
+/// so the first to accept may not be the last to bind.
+fn wait_serving(port: u16, timeout: Duration, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "port {port} not served within {} s", timeout.as_secs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
 }
 
 /// Jiffies of all cores so far: (stolen by the hypervisor, all). Their ratio over a phase

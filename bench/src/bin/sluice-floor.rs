@@ -4,7 +4,8 @@
 //! body and making one call of a trivial script. Everything Sluice cannot do without —
 //! HTTP in, one Redis round trip, HTTP out — and nothing else: run at the same rate on the
 //! same machine in the same minute, its latency is what the machine itself allows.
-//! `FLOOR_PORT` and `FLOOR_REDIS` (a unix socket path) configure it; it runs until killed.
+//! It allocates with mimalloc, as Sluice does. `FLOOR_PORT` and `FLOOR_REDIS` (a unix
+//! socket path) configure it; it runs until its stdin closes (the bench holds the other end).
 
 use anyhow::Context;
 use axum::Router;
@@ -15,7 +16,11 @@ use axum::routing::post;
 use redis::aio::ConnectionManager;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static COUNT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new("return redis.call('INCR', KEYS[1])"));
 
@@ -38,7 +43,11 @@ fn main() -> anyhow::Result<()> {
         let redis = ConnectionManager::new(redis::Client::open(format!("unix://{socket}"))?).await?;
         let listener = sluice::worker::bind_shared(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let app = Router::new().route("/task", post(post_task)).with_state(redis);
-        sluice::http::serve::serve(listener, app, CancellationToken::new()).await;
+        let stop = CancellationToken::new();
+        tokio::spawn(sluice::http::serve::serve(listener, app, stop.clone()));
+        let mut stdin = tokio::io::stdin();
+        while matches!(stdin.read(&mut [0u8; 64]).await, Ok(n) if n > 0) {}
+        stop.cancel();
         Ok(())
     })
 }
