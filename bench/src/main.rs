@@ -86,18 +86,14 @@ async fn bench() -> anyhow::Result<()> {
     let (mut half_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let paced = Load { rate: Some(half_rate), seed: 99 + round as u64, ..load };
-        let floor_dir = scratch.join(format!("floor{round}"));
+        let (sluice_dir, floor_dir) = (scratch.join(format!("half{round}")), scratch.join(format!("floor{round}")));
         let floor_first = round % 2 == 1;
-        let floor = if floor_first { Some(floor_round(&floor_dir, workers, paced).await?) } else { None };
-        let dir = scratch.join(format!("half{round}"));
-        let (redis, sluice) = setup.warmed_up(&dir, load).await?;
-        let half = Load { port: sluice.port, ..paced };
-        let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), half).await?;
-        drop((sluice, redis));
-        forget(&dir);
-        let floor = match floor {
-            Some(floor) => floor,
-            None => floor_round(&floor_dir, workers, paced).await?,
+        let (mut summary, floor) = if floor_first {
+            let floor = floor_round(&floor_dir, workers, paced).await?;
+            (half_round(&setup, &sluice_dir, paced).await?, floor)
+        } else {
+            let summary = half_round(&setup, &sluice_dir, paced).await?;
+            (summary, floor_round(&floor_dir, workers, paced).await?)
         };
         let ratio = summary["p99_ms"].as_f64().unwrap_or(f64::NAN) / floor["p99_ms"].as_f64().unwrap_or(f64::NAN);
         summary["p99_over_floor_p99"] = json!(round2(ratio));
@@ -152,8 +148,8 @@ async fn measured(
 ) -> anyhow::Result<serde_json::Value> {
     let counters = || -> anyhow::Result<[f64; 6]> {
         let server = pids.iter().map(|p| cpu_seconds(*p)).sum();
-        let lines = |log| std::fs::read(log).map_or(0, |t: Vec<u8>| t.iter().filter(|b| **b == b'\n').count());
-        let ran = task_log.map_or(0, lines);
+        let log = task_log.and_then(|log| std::fs::read(log).ok());
+        let ran = log.map_or(0, |text| text.iter().filter(|b| **b == b'\n').count());
         let (cmds, rewrites) = (redis.commands()?, redis.aof_rewrites()?);
         let (redis_cpu, own_cpu) = (cpu_seconds(redis.pid()), cpu_seconds(std::process::id()));
         Ok([cmds as f64, rewrites as f64, server, redis_cpu, own_cpu, ran as f64])
@@ -191,13 +187,23 @@ fn steal_share(before: (u64, u64), after: (u64, u64)) -> f64 {
     round3(after.0.saturating_sub(before.0) as f64 / all as f64)
 }
 
+/// A half-peak round of Sluice at `load`'s rate, on a fresh, warmed-up Redis and Sluice.
+async fn half_round(setup: &Setup, dir: &std::path::Path, load: Load) -> anyhow::Result<serde_json::Value> {
+    let (redis, sluice) = setup.warmed_up(dir, load).await?;
+    let load = Load { port: sluice.port, ..load };
+    let summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), load).await?;
+    drop((sluice, redis));
+    forget(dir);
+    Ok(summary)
+}
+
 /// The floor at `load`'s rate: `sluice-floor` on a fresh Redis, as many processes as
-/// workers, warmed up as Sluice is, measured as Sluice is.
+/// workers, warmed up and measured as Sluice is.
 async fn floor_round(dir: &std::path::Path, workers: usize, load: Load) -> anyhow::Result<serde_json::Value> {
     let redis = Redis::start(dir)?;
     let floor = Floor::start(&redis, workers)?;
     let load = Load { port: floor.port, ..load };
-    load::run(Load { duration: Duration::from_secs(3), rate: None, ..load }).await?;
+    warm_up(load).await?;
     let summary = measured("floor", &redis, &floor.pids(), None, load).await?;
     drop((floor, redis));
     forget(dir);
@@ -228,12 +234,19 @@ impl Setup {
         Ok((redis, sluice))
     }
 
-    /// [`Setup::start`], then a 3 s warm-up of `load`, unpaced.
+    /// [`Setup::start`], then [`warm_up`].
     async fn warmed_up(&self, dir: &std::path::Path, load: Load) -> anyhow::Result<(Redis, Sluice)> {
         let (redis, sluice) = self.start(dir)?;
-        load::run(Load { port: sluice.port, duration: Duration::from_secs(3), rate: None, ..load }).await?;
+        warm_up(Load { port: sluice.port, ..load }).await?;
         Ok((redis, sluice))
     }
+}
+
+/// The warm-up before every measured phase, of Sluice's or the floor's: 3 s of `load`
+/// unpaced, always the same users in the same order (seed 1).
+async fn warm_up(load: Load) -> anyhow::Result<()> {
+    load::run(Load { duration: Duration::from_secs(3), rate: None, seed: 1, ..load }).await?;
+    Ok(())
 }
 
 /// What each task of the ceiling's calls is.
