@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 pub struct Phase {
     /// Answers by status code, each a list of latencies in microseconds.
     pub latencies: BTreeMap<u16, Vec<u32>>,
+    /// Every answer's send time and latency in microseconds, whatever its status.
+    pub timeline: Vec<(Instant, u32)>,
     /// Requests that failed at the connection level.
     pub errors: u64,
     /// Wall time of the phase.
@@ -62,6 +64,7 @@ pub async fn run(load: Load) -> anyhow::Result<Phase> {
             phase.latencies.entry(status).or_default().append(&mut lat);
         }
         phase.errors += part.errors;
+        phase.timeline.extend(part.timeline);
         phase.queued.extend(part.queued);
     }
     phase.elapsed = started.elapsed();
@@ -111,7 +114,9 @@ async fn connection(
             phase.errors += 1;
             break;
         };
-        phase.latencies.entry(status).or_default().push(t0.elapsed().as_micros() as u32);
+        let latency = t0.elapsed().as_micros() as u32;
+        phase.latencies.entry(status).or_default().push(latency);
+        phase.timeline.push((t0, latency));
         if load.keep_queued && status == 202 {
             let v: serde_json::Value = serde_json::from_slice(body)?;
             if let (Some(id), Some(at)) = (v["task_id"].as_str(), v["run_at"].as_i64()) {

@@ -5,6 +5,7 @@
 
 mod load;
 mod procs;
+mod rewrites;
 mod stall;
 
 use anyhow::Context;
@@ -156,8 +157,10 @@ async fn measured(
     };
     let before = counters()?;
     let (watchdog, steal_before) = (stall::Watchdog::start(), steal_jiffies());
+    let rewrites = rewrites::Watch::start(&redis.socket)?;
     let mut phase = load::run(load).await?;
     let (longest_stall_ms, steal_after) = (watchdog.finish(), steal_jiffies());
+    let rewriting = rewrites.finish();
     let after = counters()?;
     let [cmds, rewrites, cpu, redis_cpu, own_cpu, ran] = std::array::from_fn(|i| after[i] - before[i]);
     let (n, secs) = (phase.total() as f64, phase.elapsed.as_secs_f64());
@@ -166,6 +169,16 @@ async fn measured(
     summary["rps"] = json!((n / secs).round());
     summary["redis_commands_per_request"] = json!(round2(cmds / n));
     summary["aof_rewrites"] = json!(rewrites as u64);
+    let rewrite_s: f64 = rewriting.iter().map(|(from, to)| (*to - *from).as_secs_f64()).sum();
+    summary["aof_rewrite_s"] = json!(round2(rewrite_s.max(0.0)));
+    let (mut during, mut outside): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    for (sent, latency) in &phase.timeline {
+        let answered = *sent + Duration::from_micros(u64::from(*latency));
+        let overlaps = rewriting.iter().any(|(from, to)| *sent <= *to && answered >= *from);
+        if overlaps { &mut during } else { &mut outside }.push(*latency);
+    }
+    summary["during_aof_rewrite"] = quantiles(&mut during);
+    summary["outside_aof_rewrite"] = quantiles(&mut outside);
     summary[format!("{name}_cpu_s_per_1000")] = json!(round3(cpu / n * 1000.0));
     summary["redis_cpu_s_per_1000"] = json!(round3(redis_cpu / n * 1000.0));
     summary["load_generator_cpu_s_per_1000"] = json!(round3(own_cpu / n * 1000.0));
@@ -242,10 +255,13 @@ impl Setup {
     }
 }
 
-/// The warm-up before every measured phase, of Sluice's or the floor's: 3 s of `load`
-/// unpaced, always the same users in the same order (seed 1).
+/// The warm-up before every measured phase, of Sluice's or the floor's: 3 s of `load` at
+/// its own rate (as fast as answers come for a full-rate round), always the same users in
+/// the same order (seed 1). Paced rounds warmed up unpaced until 2026-12-03: a half-peak
+/// round then spent its window draining the backlog of a warm-up at twice its rate (6,725
+/// tasks run a second at 4,247 req/s), a load its own rate never makes.
 async fn warm_up(load: Load) -> anyhow::Result<()> {
-    load::run(Load { duration: Duration::from_secs(3), rate: None, seed: 1, ..load }).await?;
+    load::run(Load { duration: Duration::from_secs(3), seed: 1, ..load }).await?;
     Ok(())
 }
 
@@ -351,18 +367,20 @@ async fn queue_phase(
     }))
 }
 
+/// Count, p50, p99 and p99.9 of microsecond latencies, in ms.
+fn quantiles(samples: &mut [u32]) -> serde_json::Value {
+    json!({
+        "count": samples.len(),
+        "p50_ms": quantile_ms(samples, 0.50),
+        "p99_ms": quantile_ms(samples, 0.99),
+        "p999_ms": quantile_ms(samples, 0.999),
+    })
+}
+
 fn latency_summary(phase: &mut Phase) -> serde_json::Value {
     let mut by_status = serde_json::Map::new();
     for (status, samples) in &mut phase.latencies {
-        by_status.insert(
-            status.to_string(),
-            json!({
-                "count": samples.len(),
-                "p50_ms": quantile_ms(samples, 0.50),
-                "p99_ms": quantile_ms(samples, 0.99),
-                "p999_ms": quantile_ms(samples, 0.999),
-            }),
-        );
+        by_status.insert(status.to_string(), quantiles(samples));
     }
     let mut all: Vec<u32> = phase.latencies.values().flatten().copied().collect();
     json!({
@@ -416,6 +434,19 @@ fn print_table(r: &serde_json::Value) {
         "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",
         h["cpu_busy_share"], h["tasks_run_per_s"]
     );
+    let split = |rounds: &str| -> String {
+        let empty = Vec::new();
+        let rounds = r[rounds].as_array().unwrap_or(&empty).iter().map(|x| {
+            let (o, d) = (&x["outside_aof_rewrite"], &x["during_aof_rewrite"]);
+            format!("{} ({}) / {} ({}, {} s)", o["p99_ms"], o["count"], d["p99_ms"], d["count"], x["aof_rewrite_s"])
+        });
+        rounds.collect::<Vec<_>>().join("; ")
+    };
+    println!(
+        "| p99 ms of the answers outside / during an AOF rewrite (answers; seconds of rewrite), each round: half of peak | {} |",
+        split("half_peak_rounds")
+    );
+    println!("| the same at full rate | {} |", split("throughput_rounds"));
     let f = &r["floor"];
     println!(
         "| the floor at that rate (`sluice-floor`: HTTP in, one trivial Redis script, HTTP out), median round by p99: p50 / p99 ms; p99 of each round | {} / {}; {} |",

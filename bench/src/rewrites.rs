@@ -1,0 +1,86 @@
+//! When Redis was rewriting its AOF during a phase. A rewrite forks Redis, and the child
+//! serializes the whole dataset on a core of its own for a few hundred ms while the
+//! parent pays copy-on-write faults: on this 2-core machine, with Sluice, Redis and the
+//! load generator already keeping it about 60% busy, the answers of that moment are the
+//! slowest of a round. Every round on a fresh Redis reaches the 64 MB the first rewrite
+//! waits for, so each round's p99 depends on whether the rewrite fell in its window; the
+//! answers given during one and outside are reported apart, beside the whole round's.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// The running watcher; [`Watch::finish`] stops it.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<(Instant, Instant)>>>,
+}
+
+impl Watch {
+    /// Poll `INFO persistence` of the Redis on `socket` every 20 ms on a thread of its own.
+    pub fn start(socket: &Path) -> anyhow::Result<Self> {
+        let mut conn = UnixStream::connect(socket)?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut windows = Vec::new();
+            let (mut polled, mut state) = (Instant::now(), rewrite_state(&mut conn));
+            if let Some((true, _)) = state {
+                windows.push((polled, polled));
+            }
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL);
+                let now = rewrite_state(&mut conn);
+                // A rewrite began after the previous poll (its fork is in the window too) and
+                // ends at the first poll that sees it over; one that began and ended between
+                // two polls still moved the count.
+                if let (Some((was, count)), Some((is, new_count))) = (state, now) {
+                    if !was && (is || new_count > count) {
+                        windows.push((polled, Instant::now()));
+                    }
+                    if was && let Some(last) = windows.last_mut() {
+                        last.1 = Instant::now();
+                    }
+                }
+                (polled, state) = (Instant::now(), now.or(state));
+            }
+            windows
+        });
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Stop; the spans during which a rewrite ran, fork included.
+    pub fn finish(mut self) -> Vec<(Instant, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+/// A round that failed midway stops its watcher too.
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether a rewrite is running, and how many began since Redis started; `None` if Redis
+/// did not answer.
+fn rewrite_state(conn: &mut UnixStream) -> Option<(bool, u64)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    conn.write_all(b"INFO persistence\r\n").ok()?;
+    let mut reader = BufReader::new(conn);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let len: usize = header.strip_prefix('$')?.trim().parse().ok()?;
+    let mut body = vec![0; len + 2];
+    reader.read_exact(&mut body).ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+    Some((field("aof_rewrite_in_progress:")? == 1, field("aof_rewrites:")?))
+}
