@@ -48,7 +48,10 @@ impl Watch {
                         last.1 = Instant::now();
                     }
                 }
-                (polled, state) = (Instant::now(), now.or(state));
+                // A failed poll keeps the last answer and when it came.
+                if now.is_some() {
+                    (polled, state) = (Instant::now(), now);
+                }
             }
             windows
         });
