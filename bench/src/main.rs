@@ -171,12 +171,7 @@ async fn measured(
     summary["aof_rewrites"] = json!(rewrites as u64);
     let rewrite_s: f64 = rewriting.iter().map(|(from, to)| (*to - *from).as_secs_f64()).sum();
     summary["aof_rewrite_s"] = json!(round2(rewrite_s.max(0.0)));
-    let (mut during, mut outside): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
-    for (sent, latency) in &phase.timeline {
-        let answered = *sent + Duration::from_micros(u64::from(*latency));
-        let overlaps = rewriting.iter().any(|(from, to)| *sent <= *to && answered >= *from);
-        if overlaps { &mut during } else { &mut outside }.push(*latency);
-    }
+    let (mut during, mut outside) = rewrites::split(&phase.timeline, &rewriting);
     summary["during_aof_rewrite"] = quantiles(&mut during);
     summary["outside_aof_rewrite"] = quantiles(&mut outside);
     summary[format!("{name}_cpu_s_per_1000")] = json!(round3(cpu / n * 1000.0));
