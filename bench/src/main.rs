@@ -138,8 +138,9 @@ async fn bench() -> anyhow::Result<()> {
 /// AOF rewrites started, CPU per 1,000 requests of the server's processes, Redis (with its
 /// rewrite children that ended meanwhile) and this load generator, how busy that kept the
 /// machine, the share of it the hypervisor stole, tasks run per second (lines added to
-/// `task_log`, Sluice's), the longest the machine stalled (see `stall`), and the server's
-/// peak RSS per process.
+/// `task_log`, Sluice's), the longest the machine stalled (see `stall`), the server's
+/// peak RSS per process, and the answers' latencies split by whether Redis was rewriting its
+/// AOF meanwhile (see `rewrites`).
 async fn measured(
     name: &str,
     redis: &Redis,
@@ -157,10 +158,10 @@ async fn measured(
     };
     let before = counters()?;
     let (watchdog, steal_before) = (stall::Watchdog::start(), steal_jiffies());
-    let rewrites = rewrites::Watch::start(&redis.socket)?;
+    let watch = rewrites::Watch::start(&redis.socket)?;
     let mut phase = load::run(load).await?;
     let (longest_stall_ms, steal_after) = (watchdog.finish(), steal_jiffies());
-    let rewriting = rewrites.finish();
+    let rewriting = watch.finish();
     let after = counters()?;
     let [cmds, rewrites, cpu, redis_cpu, own_cpu, ran] = std::array::from_fn(|i| after[i] - before[i]);
     let (n, secs) = (phase.total() as f64, phase.elapsed.as_secs_f64());
@@ -169,8 +170,8 @@ async fn measured(
     summary["rps"] = json!((n / secs).round());
     summary["redis_commands_per_request"] = json!(round2(cmds / n));
     summary["aof_rewrites"] = json!(rewrites as u64);
-    let rewrite_s: f64 = rewriting.iter().map(|(from, to)| (*to - *from).as_secs_f64()).sum();
-    summary["aof_rewrite_s"] = json!(round2(rewrite_s.max(0.0)));
+    let rewrite_s = rewriting.iter().fold(0.0, |s, (from, to)| s + (*to - *from).as_secs_f64());
+    summary["aof_rewrite_s"] = json!(round2(rewrite_s));
     let (mut during, mut outside) = rewrites::split(&phase.timeline, &rewriting);
     summary["during_aof_rewrite"] = quantiles(&mut during);
     summary["outside_aof_rewrite"] = quantiles(&mut outside);

@@ -2,10 +2,12 @@
 //! writes the whole dataset again on a core of its own (measured at a paced 9,000 req/s: it
 //! lived 0.4 s and used 0.25 s of CPU; the parent's copy-on-write faults cost it about
 //! 10 ms): on this 2-core machine, with Sluice, Redis and the load generator already keeping
-//! it about 60% busy, the answers of that moment are the slowest of a round. Every round on a fresh Redis reaches the 64 MB the first rewrite
-//! waits for, so each round's p99 depends on whether the rewrite fell in its window; the
-//! answers given during one and outside are reported apart, beside the whole round's.
+//! it about 60% busy, the answers of that moment are among the slowest of a round. A 10 s
+//! round of Sluice's on a fresh Redis usually reaches the 64 MB the first rewrite waits for,
+//! so its p99 depends on whether the rewrite fell in its window; the answers given during
+//! one and outside are reported apart, beside the whole round's.
 
+use anyhow::Context;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,36 +24,38 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Poll `INFO persistence` of the Redis on `socket` every 20 ms on a thread of its own.
+    /// Poll `INFO persistence` of the Redis on `socket` every 20 ms on a thread of its own,
+    /// the first time before returning: a rewrite already running is a span from now.
     pub fn start(socket: &Path) -> anyhow::Result<Self> {
-        let mut conn = UnixStream::connect(socket)?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut conn = connect(socket)?;
+        let first = rewrite_state(&mut conn).context("INFO persistence unanswered")?;
+        let (mut polled, mut state) = (Instant::now(), first);
+        let mut windows = Vec::new();
+        if state.0 {
+            windows.push((polled, polled));
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
+        let (done, socket) = (stop.clone(), socket.to_path_buf());
         let thread = std::thread::spawn(move || {
-            let mut windows = Vec::new();
-            let (mut polled, mut state) = (Instant::now(), rewrite_state(&mut conn));
-            if let Some((true, _)) = state {
-                windows.push((polled, polled));
-            }
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
-                let now = rewrite_state(&mut conn);
-                // A rewrite began after the previous poll (its fork is in the window too) and
-                // ends at the first poll that sees it over; one that began and ended between
-                // two polls still moved the count.
-                if let (Some((was, count)), Some((is, new_count))) = (state, now) {
-                    if !was && (is || new_count > count) {
-                        windows.push((polled, Instant::now()));
-                    }
-                    if was && let Some(last) = windows.last_mut() {
-                        last.1 = Instant::now();
-                    }
+                // A failed poll keeps the last answer and when it came, and reconnects: a
+                // late reply must not be read as the next one.
+                let Some((is, count)) = rewrite_state(&mut conn) else {
+                    conn = connect(&socket).unwrap_or(conn);
+                    continue;
+                };
+                let (was, old_count) = state;
+                // A rewrite began after the previous answer (its fork is in the span too) and
+                // ends at the first answer that sees it over; one that began and ended
+                // between two answers still moved the count.
+                if !was && (is || count > old_count) {
+                    windows.push((polled, Instant::now()));
                 }
-                // A failed poll keeps the last answer and when it came.
-                if now.is_some() {
-                    (polled, state) = (Instant::now(), now);
+                if was && let Some(last) = windows.last_mut() {
+                    last.1 = Instant::now();
                 }
+                (polled, state) = (Instant::now(), (is, count));
             }
             windows
         });
@@ -82,6 +86,12 @@ pub fn split(timeline: &[(Instant, u32)], rewrites: &[(Instant, Instant)]) -> (V
         if overlaps { &mut during } else { &mut outside }.push(latency);
     }
     (during, outside)
+}
+
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(conn)
 }
 
 /// Whether a rewrite is running, and how many began since Redis started; `None` if Redis
