@@ -51,8 +51,7 @@ impl Redis {
     /// a rewrite when it starts one).
     pub fn aof_rewrites(&self) -> anyhow::Result<u64> {
         let info = self.cli(&["INFO", "persistence"])?;
-        let field = info.lines().find_map(|l| l.strip_prefix("aof_rewrites:")?.trim().parse::<u64>().ok());
-        field.context("INFO persistence without aof_rewrites")
+        info_field(&info, "aof_rewrites").context("INFO persistence without aof_rewrites")
     }
 
     /// Total calls of every command since start (`INFO commandstats`).
@@ -64,6 +63,11 @@ impl Redis {
             .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
             .sum())
     }
+}
+
+/// A numeric field (`name:value` line) of an `INFO` reply.
+pub fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 impl Drop for Redis {

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::procs::info_field;
+
 const POLL: Duration = Duration::from_millis(20);
 
 /// The running watcher; [`Watch::finish`] stops it.
@@ -106,6 +108,5 @@ fn rewrite_state(conn: &mut UnixStream) -> Option<(bool, u64)> {
     let mut body = vec![0; len + 2];
     reader.read_exact(&mut body).ok()?;
     let text = String::from_utf8_lossy(&body);
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
-    Some((field("aof_rewrite_in_progress:")? == 1, field("aof_rewrites:")?))
+    Some((info_field(&text, "aof_rewrite_in_progress")? == 1, info_field(&text, "aof_rewrites")?))
 }
