@@ -188,7 +188,8 @@ async fn an_earlier_versions_shards_are_adopted() {
 /// A user's start list outlives its newest start's longest window, on every reservation:
 /// also right after a policy change makes the longest window longer (the history the new
 /// window needs must not expire on the old window's schedule). It is renewed with one
-/// longest window to spare, so an idle user's list goes at most that much later.
+/// longest window to spare, so an idle user's list goes at most that much later. A policy
+/// that shortens its windows again leaves the expiry as it was.
 #[tokio::test]
 async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
     let redis = RedisServer::start();
@@ -205,6 +206,25 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
         assert!(ttl >= slot + longest - now - 250, "task {i}: ttl {ttl} ms, needs {} ms", slot + longest - now);
         assert!(ttl <= slot + 2 * longest - now, "task {i}: ttl {ttl} ms, at most {} ms", slot + 2 * longest - now);
     }
+    let task = NewTask { task_id: "g5".into(), user_id: "grows".into(), payload: "null".into() };
+    let rule = SlotRule { windows: short, ..SlotRule::default() };
+    stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
+    let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().expect("ttl");
+    assert!(ttl > 600_000, "back to the short windows: ttl {ttl} ms, the long window's history cut");
+}
+
+/// A start entry that `reserve.lua` did not write (`start ms:task id`) fails the reservation:
+/// the user's history is unknown, which must not read as a user without history.
+#[tokio::test]
+async fn a_malformed_start_entry_fails_the_reservation() {
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    redis.cli(&["RPUSH", &sluice::store::keys::starts("bad"), "garbage"]);
+    let task = NewTask { task_id: "b1".into(), user_id: "bad".into(), payload: "null".into() };
+    let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
+    let got = store.reserve(&task, &rule, Duration::from_secs(60)).await;
+    assert!(got.is_err(), "reserved over a malformed history: {got:?}");
+    assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("b1")]), "0", "nothing stored");
 }
 
 /// Versions before the starts list kept a user's starts in a zset under the same key: the

@@ -34,7 +34,10 @@ impl Pending {
         let keys = [keys::starts(&task.user_id), keys::task(&task.task_id), keys::bucket(&task.user_id)];
         let mut args = Vec::with_capacity(10 + 2 * rule.windows.len());
         let (interval, burst) = rule.bucket.unwrap_or((0, 1));
-        let max_delay = rule.max_delay_ms.map_or(-1, |d| d as i64);
+        // reserve.lua takes '-1' for no maximum and reads a limit of '1' without a lookup:
+        // a delay must not wrap negative, and a limit is at least 1 (policies' are checked).
+        let max_delay = rule.max_delay_ms.map_or(-1, |d| i64::try_from(d).unwrap_or(i64::MAX));
+        debug_assert!(rule.windows.iter().all(|&(limit, _)| limit >= 1), "window limits start at 1");
         task.task_id.write_redis_args(&mut args);
         task.user_id.write_redis_args(&mut args);
         task.payload.write_redis_args(&mut args);

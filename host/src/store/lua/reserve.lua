@@ -25,7 +25,8 @@
 -- number with glibc's strtod (about 800 instructions for a 13-digit one), so arguments
 -- that are usually their default ('0' now, not-before and bucket interval, '-1' max
 -- delay, '1' limit) are compared as text first: the host writes integers in plain
--- decimal, so the text '0' is the only zero.
+-- decimal, so the text '0' is the only zero, and it checks that limits are at least 1
+-- and delays at least 0.
 local function int(x) return string.format('%d', x) end
 
 local redis_now, redis_now_text
@@ -85,8 +86,11 @@ local function reserve(k, a)
   local max_window, last_start = 0, nil
   if n > 0 then
     local last = newest(starts)
-    last_start = last and start_of(last)
-    if last_start then slot = math.max(slot, last_start) end
+    if last then
+      -- An entry this script did not write is an error, never a user without history.
+      last_start = start_of(last) or error('malformed start entry in ' .. starts)
+      slot = math.max(slot, last_start)
+    end
     for i = 0, n - 1 do
       local limit_text, window = ARGV[a + 10 + 2 * i], tonumber(ARGV[a + 11 + 2 * i])
       max_window = math.max(max_window, window)
