@@ -15,6 +15,11 @@ use crate::support::RedisServer;
 /// Cases use small times; the script sees them shifted to a realistic unix time.
 const BASE_MS: i64 = 1_800_000_000_000;
 
+/// A task of `user` without a payload.
+fn new_task(id: impl Into<String>, user: &str) -> NewTask {
+    NewTask { task_id: id.into(), user_id: user.into(), payload: "null".into() }
+}
+
 /// The slot and the script's now of a reservation that was stored (there is no maximum delay).
 fn stored(reserved: Reserved) -> (i64, i64) {
     match reserved {
@@ -36,11 +41,8 @@ async fn shared_cases_hold_for_the_redis_scripts() {
             .unwrap_or_default();
         let bucket = case["bucket"].as_array().map(|b| (b[0].as_u64().expect("ms"), b[1].as_u64().expect("burst")));
         for (i, call) in case["calls"].as_array().expect("calls").iter().enumerate() {
-            let task = NewTask {
-                task_id: uuid::Uuid::new_v4().to_string(),
-                user_id: format!("case{n}-{}", call[1].as_str().expect("user")),
-                payload: "null".into(),
-            };
+            let task =
+                new_task(uuid::Uuid::new_v4().to_string(), &format!("case{n}-{}", call[1].as_str().expect("user")));
             let rule = SlotRule {
                 windows: windows.clone(),
                 bucket,
@@ -73,9 +75,7 @@ async fn concurrent_reservations_share_script_calls_and_keep_the_schedule() {
         line.split(['=', ',']).nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
     };
     let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(BASE_MS), ..SlotRule::default() };
-    let tasks: Vec<NewTask> = (0..200)
-        .map(|i| NewTask { task_id: format!("t{i:03}"), user_id: "batched".into(), payload: "null".into() })
-        .collect();
+    let tasks: Vec<NewTask> = (0..200).map(|i| new_task(format!("t{i:03}"), "batched")).collect();
     let before = evalsha_calls();
     // Submitted in order (each future polled once before the next is created), answered
     // together. (On a loaded machine this thread can be descheduled long enough for the
@@ -112,7 +112,7 @@ async fn a_busy_users_starts_stay_few() {
     let key = sluice::store::keys::starts("busy");
     let (mut now, mut largest) = (BASE_MS, 0);
     for i in 0..300 {
-        let task = NewTask { task_id: format!("b{i}"), user_id: "busy".into(), payload: "null".into() };
+        let task = new_task(format!("b{i}"), "busy");
         let rule = SlotRule { windows: vec![(1, 100), (5, 1000)], now_ms: Some(now), ..SlotRule::default() };
         (now, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
         largest = largest.max(redis.cli(&["LLEN", &key]).trim().parse::<usize>().expect("count"));
@@ -129,7 +129,7 @@ async fn a_tasks_status_is_where_the_scripts_put_it() {
     let redis = RedisServer::start();
     let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
     let status = async |id: &str| store.task(id).await.expect("read").map(|v| v.status);
-    let task = |id: &str| NewTask { task_id: id.into(), user_id: "ann".into(), payload: "null".into() };
+    let task = |id: &str| new_task(id, "ann");
     let rule = SlotRule { windows: vec![(1, 300)], ..SlotRule::default() };
     let lease = Duration::from_millis(400);
     assert!(matches!(store.reserve(&task("a"), &rule, lease).await, Ok(Reserved::Admitted { .. })));
@@ -198,7 +198,7 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
     let short = vec![(1, 100), (5, 1000)];
     let long = vec![(1, 100), (5, 1000), (50, 600_000)];
     for (i, windows) in [&short, &short, &short, &long, &long].into_iter().enumerate() {
-        let task = NewTask { task_id: format!("g{i}"), user_id: "grows".into(), payload: "null".into() };
+        let task = new_task(format!("g{i}"), "grows");
         let rule = SlotRule { windows: windows.clone(), ..SlotRule::default() };
         let (slot, now) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
         let longest = windows.iter().map(|w| w.1 as i64).max().expect("windows");
@@ -206,7 +206,7 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
         assert!(ttl >= slot + longest - now - 250, "task {i}: ttl {ttl} ms, needs {} ms", slot + longest - now);
         assert!(ttl <= slot + 2 * longest - now, "task {i}: ttl {ttl} ms, at most {} ms", slot + 2 * longest - now);
     }
-    let task = NewTask { task_id: "g5".into(), user_id: "grows".into(), payload: "null".into() };
+    let task = new_task("g5", "grows");
     let rule = SlotRule { windows: short, ..SlotRule::default() };
     stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
     let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().expect("ttl");
@@ -220,7 +220,7 @@ async fn a_malformed_start_entry_fails_the_reservation() {
     let redis = RedisServer::start();
     let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
     redis.cli(&["RPUSH", &sluice::store::keys::starts("bad"), "garbage"]);
-    let task = NewTask { task_id: "b1".into(), user_id: "bad".into(), payload: "null".into() };
+    let task = new_task("b1", "bad");
     let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
     let got = store.reserve(&task, &rule, Duration::from_secs(60)).await;
     assert!(got.is_err(), "reserved over a malformed history: {got:?}");
@@ -240,7 +240,7 @@ async fn an_earlier_versions_start_set_is_read_and_rewritten() {
     for (start, id) in [(BASE_MS - 500, "o2"), (BASE_MS - 900, "o1"), (BASE_MS - 100, "o3")] {
         redis.cli(&["ZADD", &key, &start.to_string(), id]);
     }
-    let task = NewTask { task_id: "n1".into(), user_id: "old".into(), payload: "null".into() };
+    let task = new_task("n1", "old");
     let rule = SlotRule { windows: vec![(3, 1000)], now_ms: Some(BASE_MS), ..SlotRule::default() };
     let (slot, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
     assert_eq!(slot, BASE_MS + 100, "the oldest old start leaves the window at +100 ms");
@@ -255,7 +255,7 @@ async fn an_earlier_versions_start_set_is_read_and_rewritten() {
     let key = sluice::store::keys::starts("old-idle");
     redis.cli(&["ZADD", &key, &(BASE_MS - 100).to_string(), "i1"]);
     redis.cli(&["PEXPIRE", &key, "50000"]);
-    let task = NewTask { task_id: "n2".into(), user_id: "old-idle".into(), payload: "null".into() };
+    let task = new_task("n2", "old-idle");
     let rule = SlotRule { windows: vec![(1, 1000)], max_delay_ms: Some(0), now_ms: Some(BASE_MS), ..rule };
     let got = store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve");
     assert_eq!(got, Reserved::TooFar { slot_ms: BASE_MS + 900, now_ms: BASE_MS });
@@ -274,7 +274,7 @@ async fn a_cancel_frees_its_own_start_only() {
     let rule = SlotRule { windows: vec![(2, 1000)], now_ms: Some(BASE_MS), ..SlotRule::default() };
     let mut slots = Vec::new();
     for id in ["c1", "c2", "c3"] {
-        let task = NewTask { task_id: id.into(), user_id: "ca".into(), payload: "null".into() };
+        let task = new_task(id, "ca");
         slots.push(stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve")).0);
     }
     assert_eq!(slots, [BASE_MS, BASE_MS, BASE_MS + 1000], "two share the first start");
@@ -291,7 +291,7 @@ async fn a_cancel_frees_its_own_start_only() {
     // of starts as it was; cancelling it still forgets the task.
     let key = sluice::store::keys::starts("cz");
     redis.cli(&["ZADD", &key, &(BASE_MS - 500).to_string(), "z-old"]);
-    let task = NewTask { task_id: "z1".into(), user_id: "cz".into(), payload: "null".into() };
+    let task = new_task("z1", "cz");
     let rule = SlotRule { bucket: Some((1000, 1)), now_ms: Some(BASE_MS), ..SlotRule::default() };
     let (slot, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
     store.cancel("z1", "cz", slot).await.expect("cancel beside an old zset");

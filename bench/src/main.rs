@@ -396,11 +396,15 @@ fn median_by(rounds: &[serde_json::Value], key: &str) -> serde_json::Value {
     sorted.get(sorted.len() / 2).map_or(json!(null), |v| (*v).clone())
 }
 
+/// The rounds listed under `key` of the results, none if absent.
+fn rounds<'a>(r: &'a serde_json::Value, key: &str) -> &'a [serde_json::Value] {
+    r[key].as_array().map_or(&[], Vec::as_slice)
+}
+
 fn print_table(r: &serde_json::Value) {
     // One figure of each round, in order.
-    let each = |rounds: &str, key: &str| -> String {
-        let values = r[rounds].as_array().map_or(Vec::new(), |v| v.iter().map(|x| x[key].to_string()).collect());
-        values.join(" / ")
+    let each = |list: &str, key: &str| -> String {
+        rounds(r, list).iter().map(|x| x[key].to_string()).collect::<Vec<_>>().join(" / ")
     };
     let m = &r["throughput_median"];
     println!();
@@ -430,13 +434,12 @@ fn print_table(r: &serde_json::Value) {
         "| the same round: machine busy (share of all cores), tasks run per s besides the requests | {}, {} |",
         h["cpu_busy_share"], h["tasks_run_per_s"]
     );
-    let split = |rounds: &str| -> String {
-        let empty = Vec::new();
-        let rounds = r[rounds].as_array().unwrap_or(&empty).iter().map(|x| {
+    let split = |list: &str| -> String {
+        let each = rounds(r, list).iter().map(|x| {
             let (o, d) = (&x["outside_aof_rewrite"], &x["during_aof_rewrite"]);
             format!("{} ({}) / {} ({}, {} s)", o["p99_ms"], o["count"], d["p99_ms"], d["count"], x["aof_rewrite_s"])
         });
-        rounds.collect::<Vec<_>>().join("; ")
+        each.collect::<Vec<_>>().join("; ")
     };
     println!(
         "| p99 ms of the answers outside / during an AOF rewrite (answers; seconds of rewrite), each round: half of peak | {} |",
@@ -450,12 +453,9 @@ fn print_table(r: &serde_json::Value) {
         f["p99_ms"],
         each("floor_rounds", "p99_ms")
     );
-    let empty = Vec::new();
-    let (halves, floors) =
-        (r["half_peak_rounds"].as_array().unwrap_or(&empty), r["floor_rounds"].as_array().unwrap_or(&empty));
-    let pairs: Vec<String> = halves
+    let pairs: Vec<String> = rounds(r, "half_peak_rounds")
         .iter()
-        .zip(floors)
+        .zip(rounds(r, "floor_rounds"))
         .map(|(h, f)| format!("{} ({} / {})", h["p99_over_floor_p99"], h["steal_share"], f["steal_share"]))
         .collect();
     println!(

@@ -8,7 +8,6 @@
 //! one and outside are reported apart, beside the whole round's.
 
 use anyhow::Context;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +28,8 @@ impl Watch {
     /// Poll `INFO persistence` of the Redis on `socket` every 20 ms on a thread of its own,
     /// the first time before returning: a rewrite already running is a span from now.
     pub fn start(socket: &Path) -> anyhow::Result<Self> {
-        let mut conn = connect(socket)?;
+        let client = redis::Client::open(format!("unix://{}", socket.display()))?;
+        let mut conn = connect(&client)?;
         let first = rewrite_state(&mut conn).context("INFO persistence unanswered")?;
         let (mut polled, mut state) = (Instant::now(), first);
         let mut windows = Vec::new();
@@ -37,14 +37,14 @@ impl Watch {
             windows.push((polled, polled));
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (done, socket) = (stop.clone(), socket.to_path_buf());
+        let done = stop.clone();
         let thread = std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
                 // A failed poll keeps the last answer and when it came, and reconnects: a
                 // late reply must not be read as the next one.
                 let Some((is, count)) = rewrite_state(&mut conn) else {
-                    conn = connect(&socket).unwrap_or(conn);
+                    conn = connect(&client).unwrap_or(conn);
                     continue;
                 };
                 let (was, old_count) = state;
@@ -90,23 +90,15 @@ pub fn split(timeline: &[(Instant, u32)], rewrites: &[(Instant, Instant)]) -> (V
     (during, outside)
 }
 
-fn connect(socket: &Path) -> std::io::Result<UnixStream> {
-    let conn = UnixStream::connect(socket)?;
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     Ok(conn)
 }
 
 /// Whether a rewrite is running, and how many began since Redis started; `None` if Redis
 /// did not answer.
-fn rewrite_state(conn: &mut UnixStream) -> Option<(bool, u64)> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    conn.write_all(b"INFO persistence\r\n").ok()?;
-    let mut reader = BufReader::new(conn);
-    let mut header = String::new();
-    reader.read_line(&mut header).ok()?;
-    let len: usize = header.strip_prefix('$')?.trim().parse().ok()?;
-    let mut body = vec![0; len + 2];
-    reader.read_exact(&mut body).ok()?;
-    let text = String::from_utf8_lossy(&body);
+fn rewrite_state(conn: &mut redis::Connection) -> Option<(bool, u64)> {
+    let text: String = redis::cmd("INFO").arg("persistence").query(conn).ok()?;
     Some((info_field(&text, "aof_rewrite_in_progress")? == 1, info_field(&text, "aof_rewrites")?))
 }
