@@ -11,7 +11,7 @@
 -- (list of 'start ms:task id', oldest first), the task (hash), the user's bucket TAT
 -- (string, ms). The starts are a list, not a zset: reading a zset's score makes Redis 7.0
 -- format a double with %.17g, and adding one parse it (8% of Redis's instructions per
--- reservation; see README, Performance). Starts go in in time order (FIFO: a slot is
+-- reservation; see bench/RESULTS.md). Starts go in in time order (FIFO: a slot is
 -- never before the user's last start), so the list stays sorted.
 -- Per task, 10 + 2n arguments:
 --   task id, user id, payload JSON, max delay ms (-1: unbounded), not-before ms (0: none),
