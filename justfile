@@ -3,6 +3,10 @@
 set dotenv-load := true
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# The recipes read what cargo builds under ./target (policies, the release binary, the edge
+# build), so cargo builds there even where the environment points CARGO_TARGET_DIR elsewhere.
+export CARGO_TARGET_DIR := justfile_directory() / "target"
+
 wasm_target := "wasm32-unknown-unknown"
 dist := "policies/dist"
 var := justfile_directory() / "var"
