@@ -66,7 +66,9 @@ build-edge:
 # Run the edge build under Node and check it decides like the native test double
 test-edge: build-edge
     cargo test --quiet -p limiter-edge
-    node --test tests/edge/
+    # Files, not the directory: from Node 21 a directory argument matches itself and is loaded
+    # as a module (MODULE_NOT_FOUND; nodejs/node#64555).
+    node --test tests/edge/*.test.mjs
 
 # Build the policies and the release binary
 build: build-policies

@@ -87,6 +87,8 @@ async fn bad_input_gets_a_4xx_with_a_json_error() {
     );
     assert_eq!(svc.get("/nope").await.0, StatusCode::NOT_FOUND);
     assert_eq!(svc.get("/task/not-a-task").await.0, StatusCode::NOT_FOUND);
+    // An id whose escapes are not UTF-8 is refused in JSON too (json_of fails on anything else).
+    assert_eq!(svc.get("/task/%FF").await.0, StatusCode::NOT_FOUND);
     assert_eq!(svc.get(&format!("/task/{}", uuid::Uuid::new_v4())).await.0, StatusCode::NOT_FOUND);
     assert!(read_log(&svc.log_path()).is_empty(), "no bad request may run a task");
 }

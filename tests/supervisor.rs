@@ -86,14 +86,7 @@ async fn sigterm_drains_and_exits_zero() {
             answered += 1;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = sluice.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "supervisor did not exit:\n{}", sluice.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = sluice.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}:\n{}", sluice.output());
     assert!(workers.iter().all(|pid| !alive(*pid)), "a worker outlived the supervisor");
     // Every request that got an answer was stored and ran.
@@ -111,4 +104,15 @@ async fn sigkill_of_the_supervisor_leaves_no_worker() {
         assert!(Instant::now() < deadline, "workers survived the supervisor:\n{}", sluice.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_missing_policy_module_stops_the_start_naming_its_path() {
+    let redis = RedisServer::start();
+    let mut sluice = Spawned::start_with(&redis, &dist_dir(), "default", 2, &[("POLICY", "missing")]);
+    let status = sluice.wait_exit(Duration::from_secs(10)).await;
+    let output = sluice.output();
+    assert!(!status.success(), "exit status {status}:\n{output}");
+    assert!(output.contains("POLICY \"missing\"") && output.contains("missing.wasm"), "{output}");
+    assert!(!output.contains("worker started"), "no worker may start:\n{output}");
 }

@@ -312,6 +312,18 @@ impl Spawned {
         let _ = self.child.wait();
     }
 
+    /// Wait for the supervisor to exit, failing the test after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "supervisor did not exit:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until `n` distinct worker pids answer `/healthz`.
     pub async fn wait_for_workers(&self, n: usize) -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -65,6 +65,16 @@ impl Config {
                 "REDIS_TIMEOUT_MS must be between 10 and 1900 (answers must come within 2 s), got {redis_timeout_ms}"
             );
         }
+        // 0 would refuse every submission (503) or delete each record as it is acknowledged;
+        // past these bounds the semaphore panics or Redis refuses the expiry.
+        let max_in_flight: usize = parse(&get, "MAX_IN_FLIGHT", 1_024)?;
+        if !(1..=1_000_000).contains(&max_in_flight) {
+            bail!("MAX_IN_FLIGHT must be between 1 and 1000000, got {max_in_flight}");
+        }
+        let task_ttl_secs: u64 = parse(&get, "TASK_TTL_SECS", 86_400)?;
+        if !(1..=TEN_YEARS_SECS).contains(&task_ttl_secs) {
+            bail!("TASK_TTL_SECS must be between 1 and {TEN_YEARS_SECS} (ten years), got {task_ttl_secs}");
+        }
         let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         redis::Client::open(redis_url.as_str())
             .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
@@ -79,11 +89,14 @@ impl Config {
             task_log: get("TASK_LOG").unwrap_or_else(|| "./task_log.jsonl".into()).into(),
             lease: Duration::from_millis(lease_ms),
             redis_timeout: Duration::from_millis(redis_timeout_ms),
-            task_ttl: Duration::from_secs(parse(&get, "TASK_TTL_SECS", 86_400)?),
-            max_in_flight: parse(&get, "MAX_IN_FLIGHT", 1_024)?,
+            task_ttl: Duration::from_secs(task_ttl_secs),
+            max_in_flight,
         })
     }
 }
+
+/// Longest `TASK_TTL_SECS`.
+const TEN_YEARS_SECS: u64 = 10 * 365 * 86_400;
 
 fn parse<T>(get: &impl Fn(&str) -> Option<String>, key: &str, default: T) -> anyhow::Result<T>
 where
@@ -116,9 +129,17 @@ mod tests {
 
     #[test]
     fn bad_values_fail_with_the_key_named() {
-        for (key, value) in
-            [("PORT", "70000"), ("WORKERS", "0"), ("POLICY", "../x"), ("LEASE_MS", "abc"), ("REDIS_URL", "http://x")]
-        {
+        for (key, value) in [
+            ("PORT", "70000"),
+            ("WORKERS", "0"),
+            ("POLICY", "../x"),
+            ("LEASE_MS", "abc"),
+            ("REDIS_URL", "http://x"),
+            ("MAX_IN_FLIGHT", "0"),
+            ("MAX_IN_FLIGHT", "18446744073709551615"),
+            ("TASK_TTL_SECS", "0"),
+            ("TASK_TTL_SECS", "18446744073709551615"),
+        ] {
             let err = config(&[(key, value)]).expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");
         }

@@ -41,6 +41,16 @@ struct Slot {
 /// Run the workers until SIGTERM or SIGINT; exit after they drained.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Without its active policy no worker can serve: say so once and stop, rather than
+    // restart workers that each fail the same way. (A module that is there but does not
+    // load is each worker's to report: it may be replaced while they retry.)
+    let module = config.policy_dir.join(format!("{}.wasm", config.policy.as_str()));
+    anyhow::ensure!(
+        module.is_file(),
+        "POLICY {:?}: no module at {} (build the policies with `just build-policies`, or set POLICY_DIR)",
+        config.policy.as_str(),
+        module.display()
+    );
     let exe = std::env::current_exe()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -126,8 +127,15 @@ fn nesting_depth(json: &str) -> usize {
     max
 }
 
-/// `GET /task/{task_id}`: a task's state and times.
-pub async fn get_task(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Response, AppError> {
+/// `GET /task/{task_id}`: a task's state and times. A path axum cannot decode (percent-escapes
+/// that are not UTF-8) names no task either: 404 in JSON, not axum's plain-text 400.
+pub async fn get_task(
+    State(state): State<AppState>,
+    task_id: Result<Path<String>, PathRejection>,
+) -> Result<Response, AppError> {
+    let Ok(Path(task_id)) = task_id else {
+        return Err(AppError::NotFound("no such task: the id is not UTF-8".into()));
+    };
     let unknown = || AppError::NotFound(format!("no task {task_id:?}"));
     let id = TaskId::parse(&task_id).ok_or_else(unknown)?;
     let task = state.store.task(&id.to_string()).await?.ok_or_else(unknown)?;
