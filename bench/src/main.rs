@@ -435,11 +435,11 @@ fn print_table(r: &serde_json::Value) {
         h["cpu_busy_share"], h["tasks_run_per_s"]
     );
     let split = |list: &str| -> String {
-        let each = rounds(r, list).iter().map(|x| {
+        let lines = rounds(r, list).iter().map(|x| {
             let (o, d) = (&x["outside_aof_rewrite"], &x["during_aof_rewrite"]);
             format!("{} ({}) / {} ({}, {} s)", o["p99_ms"], o["count"], d["p99_ms"], d["count"], x["aof_rewrite_s"])
         });
-        each.collect::<Vec<_>>().join("; ")
+        lines.collect::<Vec<_>>().join("; ")
     };
     println!(
         "| p99 ms of the answers outside / during an AOF rewrite (answers; seconds of rewrite), each round: half of peak | {} |",

@@ -31,7 +31,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// How long completed tasks stay visible to `GET /task/{id}` (`TASK_TTL_SECS`, 86400).
     pub task_ttl: Duration,
-    /// Most requests one worker handles at once before shedding with 503 (`MAX_IN_FLIGHT`, 1024).
+    /// Most `POST /task` submissions one worker handles at once before shedding with 503
+    /// (`MAX_IN_FLIGHT`, 1024).
     pub max_in_flight: usize,
 }
 
@@ -50,31 +51,15 @@ impl Config {
     /// Build from any key lookup (the environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        let workers: usize = parse(&get, "WORKERS", cores)?;
-        let Some(workers) = NonZeroUsize::new(workers).filter(|w| w.get() <= 256) else {
-            bail!("WORKERS must be between 1 and 256, got {workers}");
-        };
+        let workers = NonZeroUsize::new(parse_in(&get, "WORKERS", cores, 1..=256)?).context("WORKERS is at least 1")?;
         let policy = get("POLICY").unwrap_or_else(|| "default".into());
-        let lease_ms: u64 = parse(&get, "LEASE_MS", 5_000)?;
-        if !(100..=3_600_000).contains(&lease_ms) {
-            bail!("LEASE_MS must be between 100 and 3600000, got {lease_ms}");
-        }
-        let redis_timeout_ms: u64 = parse(&get, "REDIS_TIMEOUT_MS", 1_000)?;
-        if !(10..=1_900).contains(&redis_timeout_ms) {
-            bail!(
-                "REDIS_TIMEOUT_MS must be between 10 and 1900 (answers must come within 2 s), got {redis_timeout_ms}"
-            );
-        }
+        let lease_ms = parse_in(&get, "LEASE_MS", 5_000, 100..=3_600_000)?;
+        // Answers must come within 2 s.
+        let redis_timeout_ms = parse_in(&get, "REDIS_TIMEOUT_MS", 1_000, 10..=1_900)?;
         // 0 would refuse every submission (503) or delete each record as it is acknowledged;
-        // past these bounds the semaphore panics or Redis refuses the expiry.
-        let max_in_flight: usize = parse(&get, "MAX_IN_FLIGHT", 1_024)?;
-        if !(1..=1_000_000).contains(&max_in_flight) {
-            bail!("MAX_IN_FLIGHT must be between 1 and 1000000, got {max_in_flight}");
-        }
-        let task_ttl_secs: u64 = parse(&get, "TASK_TTL_SECS", 86_400)?;
-        if !(1..=TEN_YEARS_SECS).contains(&task_ttl_secs) {
-            bail!("TASK_TTL_SECS must be between 1 and {TEN_YEARS_SECS} (ten years), got {task_ttl_secs}");
-        }
+        // past these bounds the semaphore panics or Redis refuses the expiry (ten years).
+        let max_in_flight = parse_in(&get, "MAX_IN_FLIGHT", 1_024, 1..=1_000_000)?;
+        let task_ttl_secs = parse_in(&get, "TASK_TTL_SECS", 86_400, 1..=10 * 365 * 86_400)?;
         let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         redis::Client::open(redis_url.as_str())
             .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
@@ -95,8 +80,23 @@ impl Config {
     }
 }
 
-/// Longest `TASK_TTL_SECS`.
-const TEN_YEARS_SECS: u64 = 10 * 365 * 86_400;
+/// [`parse`], refusing a value outside `range`.
+fn parse_in<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let value = parse(get, key, default)?;
+    if !range.contains(&value) {
+        bail!("{key} must be between {} and {}, got {value}", range.start(), range.end());
+    }
+    Ok(value)
+}
 
 fn parse<T>(get: &impl Fn(&str) -> Option<String>, key: &str, default: T) -> anyhow::Result<T>
 where
