@@ -130,6 +130,16 @@ async fn a_frozen_redis_gets_503_within_two_seconds_and_then_recovers() {
         assert!(Instant::now() < deadline, "no recovery after SIGCONT");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A 503 stored nothing: the batch that was in Redis's socket when it froze did not run
+    // when it woke (the client dropped that connection at its timeout), so a client that
+    // retries gets its task run once, not twice.
+    use sluice::store::keys;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for user in ["x", "y"] {
+        assert_eq!(redis.cli(&["EXISTS", &keys::starts(user)]), "0", "{user}: a start was kept");
+    }
+    let stored = redis.cli(&["KEYS", &format!("{}*", keys::TASK_PREFIX)]);
+    assert_eq!(stored.lines().count(), 2, "only frozen's and thawed's tasks: {stored}");
 }
 
 #[tokio::test]
@@ -143,6 +153,24 @@ async fn beyond_max_in_flight_requests_are_shed_with_503() {
     let shed = answers.iter().filter(|(_, b)| b["error"].as_str().is_some_and(|e| e.contains("overloaded"))).count();
     assert!(shed >= 30, "only {shed} of 40 shed with 4 slots");
     assert!(answers.iter().all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE));
+}
+
+/// A client that hangs up does not take its submission's slot with it: the submission
+/// still runs (it may store the task), so it still counts until it is done.
+#[tokio::test]
+async fn submissions_whose_clients_hung_up_still_count_against_max_in_flight() {
+    let redis = RedisServer::start();
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &[("MAX_IN_FLIGHT", "2")]).await;
+    assert_eq!(svc.post_task("warm").await.0, StatusCode::OK);
+    signal(redis.pid(), "STOP");
+    for user in ["gone-1", "gone-2"] {
+        // Each waits on the frozen Redis; the client gives up after 100 ms.
+        assert!(tokio::time::timeout(Duration::from_millis(100), svc.post_task(user)).await.is_err());
+    }
+    let (status, body) = svc.post_task("third").await;
+    signal(redis.pid(), "CONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("overloaded")), "not shed: {body}");
 }
 
 #[tokio::test]

@@ -73,10 +73,15 @@
 //! call and answers 503 itself.
 //!
 //! ## Limits the host enforces
-//! Fuel ([`FUEL_PER_DECISION`] units, roughly one per wasm instruction), linear memory
-//! up to [`MAX_MEMORY_BYTES`], no imports besides the table above (no WASI: no files,
-//! no network, no clock but `now_ms`). A module breaking a limit traps; the host
-//! answers 503 for that decision and replaces the instance.
+//! Fuel ([`FUEL_PER_DECISION`] units, roughly one per wasm instruction), of which each
+//! host call takes its share too: [`FUEL_PER_RESERVE`] for `reserve` and `reserve_bucket`
+//! whatever they answer (each may be a Redis script call), [`FUEL_PER_LOG`] for `log`. So
+//! a decision makes fewer than ten reservation attempts and fifty log lines, and a policy
+//! that retries in a loop runs out of fuel instead of hammering Redis or the log. Linear
+//! memory up to [`MAX_MEMORY_BYTES`], tables up to [`MAX_TABLE_ELEMENTS`] entries, no
+//! imports besides the table above (no WASI: no files, no network, no clock but
+//! `now_ms`). A module breaking a limit traps (a `memory.grow` or `table.grow` past it
+//! returns -1); the host answers 503 for that decision and replaces the instance.
 
 /// Version of this ABI; bumped on any incompatible change.
 pub const ABI_VERSION: u32 = 1;
@@ -139,6 +144,13 @@ pub const MAX_DELAY_MS: u64 = 86_400_000;
 pub const MAX_REASON_LEN: usize = 1024;
 /// Fuel granted to one decision.
 pub const FUEL_PER_DECISION: u64 = 1_000_000;
+/// Fuel one `reserve` or `reserve_bucket` call takes: a tenth of a decision's.
+pub const FUEL_PER_RESERVE: u64 = FUEL_PER_DECISION / 10;
+/// Fuel one `log` call takes: a fiftieth of a decision's.
+pub const FUEL_PER_LOG: u64 = FUEL_PER_DECISION / 50;
+/// Most entries of a policy instance's tables (the function table a compiler emits for
+/// indirect calls holds tens to hundreds).
+pub const MAX_TABLE_ELEMENTS: usize = 10_000;
 /// Largest linear memory of a policy instance.
 pub const MAX_MEMORY_BYTES: usize = 16 << 20;
 

@@ -31,13 +31,19 @@ struct TaskRequest<'a> {
 /// `POST /task`: decide, then run, queue or refuse.
 pub async fn post_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
     require_json(&headers)?;
-    let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
+    let permit = state.in_flight.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
     let bytes = read_body(body).await?;
     let submission = parse_submission(&bytes)?;
     let user_id = submission.user_id.as_str().to_owned();
     let producer = state.producer.clone();
+    // The permit goes with the submission, which finishes even if the client hangs up: a
+    // submission counts against MAX_IN_FLIGHT until it is done, answered or not.
+    let submission = async move {
+        let _permit = permit;
+        producer.submit(submission).await
+    };
     let submitted =
-        state.tracker.spawn(async move { producer.submit(submission).await }).await.map_err(|e| {
+        state.tracker.spawn(submission).await.map_err(|e| {
             AppError::Policy(crate::policy::PolicyError::Failed(format!("submission task failed: {e}")))
         })??;
     Ok(match submitted {

@@ -2,7 +2,7 @@
 //! host calls), validation of a module before it may serve, a small pool of reusable
 //! instances per policy, and running one decision.
 
-use limiter_wasm::abi::{self, DECISION_SIZE, FUEL_PER_DECISION, MAX_MEMORY_BYTES, MAX_REASON_LEN};
+use limiter_wasm::abi::{self, DECISION_SIZE, FUEL_PER_DECISION, MAX_MEMORY_BYTES, MAX_REASON_LEN, MAX_TABLE_ELEMENTS};
 use limiter_wasm::codec::{DecisionRecord, encode_request};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
@@ -144,7 +144,13 @@ pub struct Failure {
 
 impl Policy {
     async fn instantiate(&self) -> Result<Instance, PolicyError> {
-        let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY_BYTES).instances(1).tables(4).memories(1).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MAX_MEMORY_BYTES)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(1)
+            .tables(4)
+            .memories(1)
+            .build();
         let state = HostState { limits, policy: self.name.as_str().into(), call: None, reserved: None, failure: None };
         let mut store = wasmtime::Store::new(self.pre.module().engine(), state);
         store.limiter(|s| &mut s.limits);

@@ -2,11 +2,14 @@
 //! state they work on. Guest memory is only touched through bounds-checked slices, so
 //! a hostile pointer or length becomes an error code, never a host fault.
 
-use limiter_wasm::abi::{self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, MAX_REASON_LEN, RESERVATION_SIZE, WINDOW_SIZE};
+use limiter_wasm::abi::{
+    self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, FUEL_PER_LOG, FUEL_PER_RESERVE, MAX_REASON_LEN, RESERVATION_SIZE,
+    WINDOW_SIZE,
+};
 use limiter_wasm::codec::{decode_windows, validate_bucket};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Caller, Linker, Memory, StoreLimits};
+use wasmtime::{Caller, Linker, Memory, StoreLimits, Trap};
 
 use crate::store::clock::{Clock, local_ms};
 use crate::store::{NewTask, Reserved, SlotRule, Store, StoreError};
@@ -61,7 +64,8 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         abi::IMPORT_MODULE,
         abi::IMPORT_LOG,
-        |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+        |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            charge(&mut caller, FUEL_PER_LOG)?;
             let len = usize::try_from(len).unwrap_or(0).min(MAX_REASON_LEN);
             let text = guest_bytes(&mut caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned());
             let text = text.unwrap_or_else(|| "<log message out of bounds>".into());
@@ -72,6 +76,7 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 abi::LOG_INFO => tracing::info!(%policy, "{text}"),
                 _ => tracing::debug!(%policy, "{text}"),
             }
+            Ok(())
         },
     )?;
     Ok(())
@@ -84,6 +89,7 @@ async fn reserve(
     max_delay: i64,
     out_ptr: i32,
 ) -> wasmtime::Result<i32> {
+    charge(caller, FUEL_PER_RESERVE)?;
     let Some(count) = usize::try_from(w_len).ok().filter(|n| *n <= abi::MAX_WINDOWS) else {
         return Ok(ERR_BAD_POINTER);
     };
@@ -110,6 +116,7 @@ async fn reserve_bucket(
     max_delay: i64,
     out_ptr: i32,
 ) -> wasmtime::Result<i32> {
+    charge(caller, FUEL_PER_RESERVE)?;
     if guest_bytes(caller, out_ptr, RESERVATION_SIZE).is_none() {
         return Ok(ERR_BAD_POINTER);
     }
@@ -156,6 +163,14 @@ async fn take(caller: &mut Caller<'_, HostState>, rule: SlotRule, out_ptr: i32) 
     Ok(code)
 }
 
+/// Take a host call's fuel from the decision's; without enough left the call traps as a
+/// wasm instruction would (see `limiter_wasm::abi`, "Limits the host enforces").
+fn charge(caller: &mut Caller<'_, HostState>, cost: u64) -> wasmtime::Result<()> {
+    let left = caller.get_fuel()?;
+    caller.set_fuel(left.saturating_sub(cost))?;
+    if left < cost { Err(Trap::OutOfFuel.into()) } else { Ok(()) }
+}
+
 fn memory(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
     caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory())
 }
@@ -186,7 +201,7 @@ mod tests {
             (call $r (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"#;
 
     fn probe() -> impl FnMut(i32, i32, i64, i32) -> i32 {
-        let engine = Engine::default();
+        let engine = Engine::new(wasmtime::Config::new().consume_fuel(true)).expect("engine");
         let mut linker = Linker::new(&engine);
         define(&mut linker).expect("host functions");
         let module = Module::new(&engine, wat::parse_str(PROBE).expect("wat")).expect("module");
@@ -198,6 +213,7 @@ mod tests {
         let func = instance.get_typed_func::<(i32, i32, i64, i32), i32>(&mut store, "probe").expect("probe");
         move |a, b, c, d| {
             store.data_mut().reserved = None;
+            store.set_fuel(abi::FUEL_PER_DECISION).expect("fuel");
             runtime.block_on(func.call_async(&mut store, (a, b, c, d))).expect("reserve never traps on bad input")
         }
     }

@@ -151,7 +151,12 @@ impl Registry {
         let entry = entries.entry(name.clone()).or_default();
         entry.processed = Some(stamp);
         match result {
-            Ok(None) => {}
+            // The live version's own bytes are back (a rollback): a refusal no longer stands.
+            Ok(None) => {
+                if entry.refused.take().is_some() {
+                    tracing::info!(policy = %name, %sha256, "the live version is back on disk; refusal cleared");
+                }
+            }
             Ok(Some(policy)) => {
                 tracing::info!(policy = %name, sha256 = %policy.sha256, "policy loaded");
                 entry.live = Some(Arc::new(policy));

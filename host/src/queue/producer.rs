@@ -1,6 +1,7 @@
 //! Submitting a task: run the active policy, reconcile its verdict with what it reserved,
 //! and leave the task stored (queued, or leased and run now) or not at all.
 
+use limiter_wasm::abi::MAX_DELAY_MS;
 use limiter_wasm::codec::encode_request;
 use std::sync::Arc;
 
@@ -89,7 +90,17 @@ impl Producer {
             }
             (_, Some(reserved)) => reserved,
             (Verdict::Admit, None) => self.store_at(task, 0).await?,
-            (Verdict::Queue { run_at_ms }, None) => self.store_at(task, run_at_ms).await?,
+            (Verdict::Queue { run_at_ms }, None) => {
+                // `reserve` bounds its delay; a start the policy names itself gets the same
+                // bound, so a units slip or an overflow cannot park a task for ever.
+                let ahead = run_at_ms.saturating_sub(self.runner.clock.now_ms());
+                if ahead > MAX_DELAY_MS as i64 {
+                    return Err(PolicyError::Failed(format!(
+                        "queued the task to start {ahead} ms ahead; the most a policy may is {MAX_DELAY_MS} ms"
+                    )));
+                }
+                self.store_at(task, run_at_ms).await?
+            }
         };
         match reserved {
             Reserved::Admitted { slot_ms, .. } => Ok(self.run_now(task, slot_ms).await),
