@@ -29,7 +29,7 @@ count() {
     # The bench's ceiling call: 1 per s and 20 per min, a new task per call.
     redis-benchmark -s "$dir/s.sock" -c 50 -n "$n" -r "$users" -P 1 -q evalsha "$sha" 5 \
         sluice:due sluice:lease 'sluice:{u__rand_int__}:starts' 'sluice:task:{t__rand_int__-__rand_int__}' \
-        'sluice:{u__rand_int__}:tat' t__rand_int__-__rand_int__ u__rand_int__ '{}' -1 0 30000 0 0 1 2 1 1000 20 60000 \
+        'sluice:{u__rand_int__}:tat' t__rand_int__-__rand_int__ u__rand_int__ '{}' -1 0 30000 0 0 1 2 1 1000 20 60000 0 \
         >/dev/null
     # A script that fails on every call would look cheap: count only clean runs.
     local errors

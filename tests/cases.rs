@@ -298,3 +298,56 @@ async fn a_cancel_frees_its_own_start_only() {
     assert_eq!(redis.cli(&["ZRANGE", &key, "0", "-1"]), "z-old");
     assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("z1")]), "0");
 }
+
+/// Keep Redis busy for 1.5 s with a script while two reservations come in 100 ms apart on
+/// `store` (timeout 1 s): the first one's batch goes out at once and times out; the second
+/// waits behind it, goes out as the first gives up, and is answered when Redis wakes, after
+/// its own caller has given up. Both callers get `Unavailable`.
+async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: &NewTask) {
+    // Connected, and the script loaded, before Redis stalls.
+    let warm = new_task(format!("{}-warm", first.task_id), "warm");
+    store.reserve(&warm, &SlotRule::default(), Duration::from_secs(60)).await.expect("warm-up");
+    redis.cli(&["DEL", &sluice::store::keys::task(&warm.task_id)]);
+    let busy = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
+                until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1500000 return 1";
+    let socket = redis.socket();
+    let blocker = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli").arg("-s").arg(socket).args(["EVAL", busy, "0"]).output()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lease = Duration::from_secs(60);
+    let first = tokio::spawn({
+        let (store, first) = (store.clone(), first.clone());
+        async move { store.reserve(&first, &SlotRule::default(), lease).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = store.reserve(second, &SlotRule::default(), lease).await;
+    assert!(matches!(second, Err(StoreError::Unavailable(_))), "{second:?}");
+    let first = first.await.expect("task");
+    assert!(matches!(first, Err(StoreError::Unavailable(_))), "{first:?}");
+    let ran = blocker.join().expect("thread").expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1", "the busy script ran");
+    // The stalled batches run, or are refused, as Redis wakes; give a cancel a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// A caller that gave up on its reservation (and answered 503) finds nothing of it stored,
+/// though Redis ran both stalled batches when it woke.
+#[tokio::test]
+async fn a_reservation_whose_caller_gave_up_leaves_nothing_stored() {
+    use sluice::store::keys;
+    let redis = RedisServer::start();
+    let stored_ids = || redis.cli(&["KEYS", &format!("{}*", keys::TASK_PREFIX)]);
+    // With the clock aligned, each batch carries its give-up time and Redis refuses both.
+    let store = Store::new(&redis.url(), Duration::from_secs(1)).expect("store");
+    store.clock().sync(&store).await.expect("clock");
+    stall_two(&redis, &store, &new_task("a1", "stalled-a"), &new_task("a2", "stalled-a")).await;
+    assert_eq!(stored_ids(), "", "stored after their callers gave up");
+    assert_eq!(redis.cli(&["EXISTS", &keys::starts("stalled-a")]), "0");
+    // Before the clock is aligned there is no give-up time: the second, answered after its
+    // caller gave up, is cancelled. (The first, whose answer nobody reads, stays.)
+    let store = Store::new(&redis.url(), Duration::from_secs(1)).expect("store");
+    stall_two(&redis, &store, &new_task("b1", "stalled-b"), &new_task("b2", "stalled-b")).await;
+    assert_eq!(redis.cli(&["EXISTS", &keys::task("b2")]), "0", "b2 was not cancelled");
+    assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "b2"]), "", "b2 is still leased");
+}

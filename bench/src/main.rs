@@ -290,13 +290,13 @@ fn reserve_ceiling(dir: &std::path::Path, users: u64, tasks: CeilingTasks) -> an
     // Keys, named by Sluice's own `keys`: the due index, the lease set, the user's starts,
     // the task, the bucket. Arguments: task id, user, payload, max delay (-1: none),
     // not-before, lease ms, now (0: Redis TIME), bucket interval (0: none), burst, 2
-    // windows: (1, 1000 ms), (20, 60000 ms).
+    // windows: (1, 1000 ms), (20, 60000 ms); then the batch's give-up time (0: none).
     let out = std::process::Command::new("redis-benchmark")
         .arg("-s")
         .arg(&redis.socket)
         .args(["-c", "50", "-n", "200000", "-r", &users.to_string(), "-P", "1", "-q", "evalsha", sha.trim(), "5"])
         .args([keys::DUE, keys::LEASE, &keys::starts(user), &keys::task(task), &keys::bucket(user)])
-        .args([task, user, "{}", "-1", "0", "30000", "0", "0", "1", "2", "1", "1000", "20", "60000"])
+        .args([task, user, "{}", "-1", "0", "30000", "0", "0", "1", "2", "1", "1000", "20", "60000", "0"])
         .output()
         .context("running redis-benchmark (Debian: redis-tools)")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -13,6 +13,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use self::clock::Clock;
 use crate::completion_log::Completion;
 use crate::task::{ClaimedTask, TaskState, TaskView};
 
@@ -109,6 +110,8 @@ pub struct Claim {
 pub struct Store {
     conn: ConnectionManager,
     timeout: Duration,
+    /// Redis's time scale, kept aligned by whoever calls [`Clock::sync`] (the worker).
+    clock: Arc<Clock>,
     /// Where reservations wait for their batch; the batching task starts on first use.
     reserver: Arc<OnceLock<mpsc::UnboundedSender<reserver::Pending>>>,
 }
@@ -130,7 +133,12 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, timeout, reserver: Arc::default() })
+        Ok(Self { conn, timeout, clock: Arc::default(), reserver: Arc::default() })
+    }
+
+    /// The clock on this Redis's time scale.
+    pub fn clock(&self) -> Arc<Clock> {
+        self.clock.clone()
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -146,8 +154,12 @@ impl Store {
 
     /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`, together
     /// with whatever other reservations of this worker are waiting: see [`reserver`]).
+    /// `Unavailable` means nothing was stored (see [`reserver`] for how a late answer is
+    /// kept from storing the task), once the clock has been aligned with Redis.
     pub async fn reserve(&self, task: &NewTask, rule: &SlotRule, lease: Duration) -> Result<Reserved, StoreError> {
-        let (pending, answer) = reserver::Pending::new(task, rule, lease);
+        let give_up_ms =
+            self.clock.is_aligned().then(|| self.clock.now_ms() + (self.timeout * 3 / 4).as_millis() as i64);
+        let (pending, answer) = reserver::Pending::new(task, rule, lease, give_up_ms);
         let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
         let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout));
         queue.send(pending).map_err(|_| stopped())?;
@@ -160,11 +172,7 @@ impl Store {
 
     /// Undo a reservation that reserved the start `slot_ms` (`cancel.lua`).
     pub async fn cancel(&self, task_id: &str, user_id: &str, slot_ms: i64) -> Result<(), StoreError> {
-        let mut inv = CANCEL.prepare_invoke();
-        inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
-        inv.arg(task_id).arg(slot_ms);
-        let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
-        Ok(())
+        cancel(&self.conn, self.timeout, task_id, user_id, slot_ms).await
     }
 
     /// Claim up to `max` due tasks and lease them (`claim.lua`).
@@ -251,6 +259,24 @@ impl Store {
         let pairs: Vec<String> =
             self.run(async |c| redis::cmd("CONFIG").arg("GET").arg(name).query_async(c).await).await?;
         Ok(pairs.into_iter().nth(1))
+    }
+}
+
+/// [`Store::cancel`] on the bare connection, as the reservation task holds it.
+async fn cancel(
+    conn: &ConnectionManager,
+    timeout: Duration,
+    task_id: &str,
+    user_id: &str,
+    slot_ms: i64,
+) -> Result<(), StoreError> {
+    let mut inv = CANCEL.prepare_invoke();
+    inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
+    inv.arg(task_id).arg(slot_ms);
+    let mut conn = conn.clone();
+    match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await {
+        Ok(done) => done.map(drop).map_err(StoreError::from),
+        Err(_) => Err(StoreError::no_answer(timeout)),
     }
 }
 

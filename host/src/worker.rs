@@ -20,7 +20,6 @@ use crate::queue::Runner;
 use crate::queue::consumer::{self, Wake};
 use crate::queue::producer::Producer;
 use crate::store::Store;
-use crate::store::clock::Clock;
 
 /// Longest graceful shutdown: in-flight requests and running tasks get this long.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -43,7 +42,7 @@ impl Worker {
     /// no loadable active policy, an unopenable log. Redis may be down; it is retried.
     pub async fn build(config: &Config, worker_id: usize) -> anyhow::Result<Self> {
         let store = Store::new(&config.redis_url, config.redis_timeout)?;
-        let clock = Arc::new(Clock::default());
+        let clock = store.clock();
         match clock.sync(&store).await {
             Ok(()) => warn_if_evicting(&store).await,
             Err(e) => tracing::warn!("Redis not reachable at start, serving 503 until it is: {e}"),

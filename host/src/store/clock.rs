@@ -36,6 +36,11 @@ impl Clock {
         self.rtt_ms.store(rtt, Ordering::Relaxed);
     }
 
+    /// Whether the offset has been measured at least once.
+    pub fn is_aligned(&self) -> bool {
+        self.rtt_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// Measure the offset against Redis now.
     pub async fn sync(&self, store: &super::Store) -> Result<(), super::StoreError> {
         let before = local_ms();

@@ -5,6 +5,16 @@
 //! (argument tables, the reply, the AOF's MULTI/EXEC framing) and the worker's round trips
 //! are then paid once per batch, and the decisions inside a batch are the same as if each
 //! had been its own call.
+//!
+//! A caller that gave up (its timeout, which starts when it asks, passed: it answered 503)
+//! must not find its task stored behind its back:
+//! - a reservation whose caller is gone before its batch goes out is not sent;
+//! - a batch carries the earliest give-up time of its callers, three quarters into their
+//!   timeout by Redis's clock, and Redis refuses the whole batch past it. A Redis that
+//!   stalls with a batch in its socket runs it when it wakes, after the batch has timed
+//!   out here and nobody is left to read the answer;
+//! - a reservation stored in time whose answer still finds its caller gone (the answer
+//!   was slow to come back) is cancelled.
 
 use redis::aio::ConnectionManager;
 use redis::{RedisWrite, ToRedisArgs};
@@ -21,6 +31,10 @@ const MAX_BATCH: usize = 64;
 pub(super) struct Pending {
     keys: [String; 3],
     args: Vec<Vec<u8>>,
+    task_id: String,
+    user_id: String,
+    /// When its caller gives up, unix ms on Redis's clock, if the clock is aligned.
+    give_up_ms: Option<i64>,
     reply: oneshot::Sender<Result<Reserved, StoreError>>,
 }
 
@@ -30,6 +44,7 @@ impl Pending {
         task: &NewTask,
         rule: &SlotRule,
         lease: Duration,
+        give_up_ms: Option<i64>,
     ) -> (Self, oneshot::Receiver<Result<Reserved, StoreError>>) {
         let keys = [keys::starts(&task.user_id), keys::task(&task.task_id), keys::bucket(&task.user_id)];
         let mut args = Vec::with_capacity(10 + 2 * rule.windows.len());
@@ -52,7 +67,8 @@ impl Pending {
             args.write_arg_fmt(window_ms);
         }
         let (reply, answer) = oneshot::channel();
-        (Self { keys, args, reply }, answer)
+        let (task_id, user_id) = (task.task_id.clone(), task.user_id.clone());
+        (Self { keys, args, task_id, user_id, give_up_ms, reply }, answer)
     }
 }
 
@@ -66,7 +82,6 @@ pub(super) fn spawn(conn: ConnectionManager, timeout: Duration) -> mpsc::Unbound
 async fn run(mut conn: ConnectionManager, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // A caller that gave up (timed out) must not have its task stored behind its back.
         batch.retain(|p: &Pending| !p.reply.is_closed());
         if !batch.is_empty() {
             send(&mut conn, timeout, &mut batch).await;
@@ -86,6 +101,8 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
             inv.arg(arg);
         }
     }
+    // After every task's arguments: the batch's give-up time, 0 for none.
+    inv.arg(batch.iter().filter_map(|p| p.give_up_ms).min().unwrap_or(0));
     let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, inv.invoke_async(conn)).await {
         Ok(reply) => reply.map_err(StoreError::from),
         Err(_) => Err(StoreError::no_answer(timeout)),
@@ -93,7 +110,19 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
     match reply {
         Ok(values) if values.len() == 3 * batch.len() => {
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
-                let _ = pending.reply.send(decode(v[0], v[1], v[2]));
+                let Err(Ok(Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. })) =
+                    pending.reply.send(decode(v[0], v[1], v[2]))
+                else {
+                    continue;
+                };
+                // Stored, but its caller has given up.
+                let (task_id, user_id) = (&pending.task_id, &pending.user_id);
+                match super::cancel(conn, timeout, task_id, user_id, slot_ms).await {
+                    Ok(()) => tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled"),
+                    Err(e) => {
+                        tracing::error!(%task_id, "a task stored after its caller gave up could not be cancelled; it will run: {e}")
+                    }
+                }
             }
         }
         Ok(values) => {

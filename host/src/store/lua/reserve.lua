@@ -17,6 +17,9 @@
 --   task id, user id, payload JSON, max delay ms (-1: unbounded), not-before ms (0: none),
 --   lease ms, now ms (0: Redis TIME; tests set it), bucket interval ms (0: no bucket),
 --   bucket burst, window count n, then n pairs of limit, window ms.
+-- After the last task, one more argument: the batch's give-up time, unix ms (0: none).
+-- Past it by Redis TIME a caller in the batch has answered 503, so the whole batch is
+-- refused with an error and nothing is written (see host/src/store/reserver.rs).
 -- Returns status, slot ms, now ms per task: status 0 = too far (nothing written),
 -- 1 = admitted (task stored and leased: running), 2 = queued (stored, in the due index).
 -- Numbers go to redis.call as text written once with %d: Redis writes a Lua number
@@ -66,6 +69,10 @@ local function newest(starts)
 end
 
 local due, lease = KEYS[1], KEYS[2]
+local give_up = ARGV[#ARGV]
+if give_up ~= '0' and now_of('0') > tonumber(give_up) then
+  return redis.error_reply('TIMEDOUT the reservations reached Redis after their callers gave up')
+end
 
 local function reserve(k, a)
   local starts, task, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2]
