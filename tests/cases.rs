@@ -351,3 +351,22 @@ async fn a_reservation_whose_caller_gave_up_leaves_nothing_stored() {
     assert_eq!(redis.cli(&["EXISTS", &keys::task("b2")]), "0", "b2 was not cancelled");
     assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "b2"]), "", "b2 is still leased");
 }
+
+/// The give-up time is on the worker's clock: with that clock stepped 10 s behind Redis's,
+/// Redis refuses the first batch as late, and the refusal realigns the clock, so the next
+/// reservation goes through instead of 10 s of refusals until the periodic alignment.
+#[tokio::test]
+async fn a_stepped_clock_costs_one_refused_batch() {
+    use sluice::store::clock::local_ms;
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(1)).expect("store");
+    let clock = store.clock();
+    clock.sync(&store).await.expect("clock");
+    let now = local_ms();
+    clock.align(now - 1, now - 10_000, now + 1);
+    let lease = Duration::from_secs(60);
+    let refused = store.reserve(&new_task("s1", "stepped"), &SlotRule::default(), lease).await;
+    assert!(matches!(&refused, Err(StoreError::Unavailable(e)) if e.contains("TIMEDOUT")), "{refused:?}");
+    assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("s1")]), "0");
+    stored(store.reserve(&new_task("s2", "stepped"), &SlotRule::default(), lease).await.expect("realigned"));
+}

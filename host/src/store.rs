@@ -145,11 +145,7 @@ impl Store {
         &self,
         cmd: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::no_answer(self.timeout)),
-        }
+        run_on(&self.conn, self.timeout, cmd).await
     }
 
     /// Reserve a start for `task` and store it, in one atomic step (`reserve.lua`, together
@@ -161,7 +157,7 @@ impl Store {
             self.clock.is_aligned().then(|| self.clock.now_ms() + (self.timeout * 3 / 4).as_millis() as i64);
         let (pending, answer) = reserver::Pending::new(task, rule, lease, give_up_ms);
         let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
-        let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout));
+        let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout, self.clock.clone()));
         queue.send(pending).map_err(|_| stopped())?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(reserved)) => reserved,
@@ -250,8 +246,7 @@ impl Store {
 
     /// Redis's clock, unix ms.
     pub async fn time_ms(&self) -> Result<i64, StoreError> {
-        let (secs, micros): (i64, i64) = self.run(async |c| redis::cmd("TIME").query_async(c).await).await?;
-        Ok(secs * 1000 + micros / 1000)
+        time_ms(&self.conn, self.timeout).await
     }
 
     /// The value of a Redis `CONFIG GET` parameter, if Redis allows reading it.
@@ -262,7 +257,21 @@ impl Store {
     }
 }
 
-/// [`Store::cancel`] on the bare connection, as the reservation task holds it.
+/// One command on `conn`, bounded by `timeout`. (The reservation task holds a bare
+/// connection, not a [`Store`]: the functions below serve both.)
+async fn run_on<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    timeout: Duration,
+    cmd: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+) -> Result<T, StoreError> {
+    let mut conn = conn.clone();
+    match tokio::time::timeout(timeout, cmd(&mut conn)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::no_answer(timeout)),
+    }
+}
+
+/// [`Store::cancel`].
 async fn cancel(
     conn: &ConnectionManager,
     timeout: Duration,
@@ -273,11 +282,14 @@ async fn cancel(
     let mut inv = CANCEL.prepare_invoke();
     inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
     inv.arg(task_id).arg(slot_ms);
-    let mut conn = conn.clone();
-    match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await {
-        Ok(done) => done.map(drop).map_err(StoreError::from),
-        Err(_) => Err(StoreError::no_answer(timeout)),
-    }
+    let _: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
+    Ok(())
+}
+
+/// [`Store::time_ms`].
+async fn time_ms(conn: &ConnectionManager, timeout: Duration) -> Result<i64, StoreError> {
+    let (secs, micros): (i64, i64) = run_on(conn, timeout, async |c| redis::cmd("TIME").query_async(c).await).await?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 fn parse_claim(reply: Vec<redis::Value>) -> Result<Claim, StoreError> {

@@ -24,15 +24,17 @@ impl Clock {
     }
 
     /// Align with a Redis time read between local times `before` and `after`, unless the
-    /// round trip was slow and an earlier, tighter measurement exists.
+    /// round trip was slow and an earlier, tighter measurement exists that this one does
+    /// not prove wrong (a clock stepped by more than this measurement's own uncertainty).
     pub fn align(&self, before_ms: i64, redis_ms: i64, after_ms: i64) {
         let rtt = (after_ms - before_ms).max(1);
+        let offset = redis_ms - (before_ms + (after_ms - before_ms) / 2);
         let previous = self.rtt_ms.load(Ordering::Relaxed);
-        if previous != 0 && rtt > MAX_TRUSTED_RTT_MS && rtt > previous {
+        let consistent = (offset - self.offset_ms.load(Ordering::Relaxed)).abs() <= rtt / 2 + 1;
+        if previous != 0 && rtt > MAX_TRUSTED_RTT_MS && rtt > previous && consistent {
             return;
         }
-        let midpoint = before_ms + (after_ms - before_ms) / 2;
-        self.offset_ms.store(redis_ms - midpoint, Ordering::Relaxed);
+        self.offset_ms.store(offset, Ordering::Relaxed);
         self.rtt_ms.store(rtt, Ordering::Relaxed);
     }
 
@@ -65,8 +67,11 @@ mod tests {
         let now = local_ms();
         clock.align(now - 1, now + 5_000, now + 1);
         assert!((clock.now_ms() - (now + 5_000)).abs() < 50);
-        // A slow, uncertain measurement does not replace a tight one.
-        clock.align(now - 300, now + 9_000, now + 300);
+        // A slow, uncertain measurement does not replace a tight one...
+        clock.align(now - 300, now + 5_100, now + 300);
         assert!((clock.now_ms() - (now + 5_000)).abs() < 50);
+        // ...unless it proves it wrong: a clock was stepped.
+        clock.align(now - 300, now + 9_000, now + 300);
+        assert!((clock.now_ms() - (now + 9_000)).abs() < 50);
     }
 }

@@ -15,16 +15,24 @@
 //!   out here and nobody is left to read the answer;
 //! - a reservation stored in time whose answer still finds its caller gone (the answer
 //!   was slow to come back) is cancelled.
+//!
+//! The give-up time is on the worker's clock, aligned with Redis's: a refused batch
+//! realigns it at once, so a clock stepped on either machine costs one batch, not the
+//! 10 s until the consumer's next alignment.
 
 use redis::aio::ConnectionManager;
 use redis::{RedisWrite, ToRedisArgs};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+use super::clock::{Clock, local_ms};
 use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
 
 /// Most reservations in one script call.
 const MAX_BATCH: usize = 64;
+/// The error code `reserve.lua` refuses a batch past its give-up time with.
+const GIVEN_UP: &str = "TIMEDOUT";
 
 /// One reservation waiting for its batch: its own keys and arguments as `reserve.lua`
 /// takes them (the due index and lease set go once per batch), and where its answer goes.
@@ -73,24 +81,29 @@ impl Pending {
 }
 
 /// Start the task that batches and sends reservations; it ends when every sender is gone.
-pub(super) fn spawn(conn: ConnectionManager, timeout: Duration) -> mpsc::UnboundedSender<Pending> {
+pub(super) fn spawn(conn: ConnectionManager, timeout: Duration, clock: Arc<Clock>) -> mpsc::UnboundedSender<Pending> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(conn, timeout, rx));
+    tokio::spawn(run(conn, timeout, clock, rx));
     tx
 }
 
-async fn run(mut conn: ConnectionManager, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    clock: Arc<Clock>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         batch.retain(|p: &Pending| !p.reply.is_closed());
         if !batch.is_empty() {
-            send(&mut conn, timeout, &mut batch).await;
+            send(&mut conn, timeout, &clock, &mut batch).await;
         }
     }
 }
 
 /// Send one batch and answer each of its reservations; leaves `batch` empty.
-async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) {
+async fn send(conn: &mut ConnectionManager, timeout: Duration, clock: &Clock, batch: &mut Vec<Pending>) {
     let mut inv = RESERVE.prepare_invoke();
     inv.key(keys::DUE).key(keys::LEASE);
     for pending in batch.iter() {
@@ -129,7 +142,17 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
             let error = StoreError::BadReply(format!("reserve: {} values for {} tasks", values.len(), batch.len()));
             answer_all(batch, &error);
         }
-        Err(error) => answer_all(batch, &error),
+        Err(error) => {
+            // Refused as late: realign before answering, as a caller may retry at once.
+            if matches!(&error, StoreError::Unavailable(message) if message.contains(GIVEN_UP)) {
+                let before = local_ms();
+                match super::time_ms(conn, timeout).await {
+                    Ok(redis_ms) => clock.align(before, redis_ms, local_ms()),
+                    Err(e) => tracing::debug!("cannot realign the clock with Redis: {e}"),
+                }
+            }
+            answer_all(batch, &error);
+        }
     }
 }
 
