@@ -299,29 +299,31 @@ async fn a_cancel_frees_its_own_start_only() {
     assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("z1")]), "0");
 }
 
-/// Keep Redis busy for 1.5 s with a script while two reservations come in 100 ms apart on
-/// `store` (timeout 1 s): the first one's batch goes out at once and times out; the second
-/// waits behind it, goes out as the first gives up, and is answered when Redis wakes, after
-/// its own caller has given up. Both callers get `Unavailable`.
+/// Keep Redis busy for 2 s with a script while two reservations, one window each, come in
+/// 200 ms apart on `store` (timeout 1 s), the first 300 ms into the stall: the first one's
+/// batch goes out at once and times out at 1.3 s; the second waits behind it, goes out
+/// then, and is answered when Redis wakes at 2 s, after its own caller gave up at 1.5 s.
+/// Both callers get `Unavailable`.
 async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: &NewTask) {
     // Connected, and the script loaded, before Redis stalls.
     let warm = new_task(format!("{}-warm", first.task_id), "warm");
     store.reserve(&warm, &SlotRule::default(), Duration::from_secs(60)).await.expect("warm-up");
     redis.cli(&["DEL", &sluice::store::keys::task(&warm.task_id)]);
     let busy = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
-                until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1500000 return 1";
+                until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 2000000 return 1";
     let socket = redis.socket();
     let blocker = std::thread::spawn(move || {
         std::process::Command::new("redis-cli").arg("-s").arg(socket).args(["EVAL", busy, "0"]).output()
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let lease = Duration::from_secs(60);
+    let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
     let first = tokio::spawn({
-        let (store, first) = (store.clone(), first.clone());
-        async move { store.reserve(&first, &SlotRule::default(), lease).await }
+        let (store, first, rule) = (store.clone(), first.clone(), rule.clone());
+        async move { store.reserve(&first, &rule, lease).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = store.reserve(second, &SlotRule::default(), lease).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = store.reserve(second, &rule, lease).await;
     assert!(matches!(second, Err(StoreError::Unavailable(_))), "{second:?}");
     let first = first.await.expect("task");
     assert!(matches!(first, Err(StoreError::Unavailable(_))), "{first:?}");
@@ -349,7 +351,9 @@ async fn a_reservation_whose_caller_gave_up_leaves_nothing_stored() {
     let store = Store::new(&redis.url(), Duration::from_secs(1)).expect("store");
     stall_two(&redis, &store, &new_task("b1", "stalled-b"), &new_task("b2", "stalled-b")).await;
     assert_eq!(redis.cli(&["EXISTS", &keys::task("b2")]), "0", "b2 was not cancelled");
-    assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "b2"]), "", "b2 is still leased");
+    assert_eq!(redis.cli(&["ZSCORE", keys::DUE, "b2"]), "", "b2 is still queued");
+    let starts = redis.cli(&["LRANGE", &keys::starts("stalled-b"), "0", "-1"]);
+    assert!(!starts.contains(":b2"), "b2's start is kept: {starts}");
 }
 
 /// The give-up time is on the worker's clock: with that clock stepped 10 s behind Redis's,

@@ -159,16 +159,22 @@ impl Store {
         let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
         let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout, self.clock.clone()));
         queue.send(pending).map_err(|_| stopped())?;
-        match tokio::time::timeout(self.timeout, answer).await {
+        let mut answer = answer;
+        match tokio::time::timeout(self.timeout, &mut answer).await {
             Ok(Ok(reserved)) => reserved,
             Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(StoreError::no_answer(self.timeout)),
+            // Closed first, so the answer either came in time (and counts) or finds nobody
+            // and is cancelled: never stored behind a 503.
+            Err(_) => {
+                answer.close();
+                answer.try_recv().unwrap_or_else(|_| Err(StoreError::no_answer(self.timeout)))
+            }
         }
     }
 
     /// Undo a reservation that reserved the start `slot_ms` (`cancel.lua`).
     pub async fn cancel(&self, task_id: &str, user_id: &str, slot_ms: i64) -> Result<(), StoreError> {
-        cancel(&self.conn, self.timeout, task_id, user_id, slot_ms).await
+        cancel(&self.conn, self.timeout, task_id, user_id, slot_ms).await.map(drop)
     }
 
     /// Claim up to `max` due tasks and lease them (`claim.lua`).
@@ -271,19 +277,19 @@ async fn run_on<T: redis::FromRedisValue>(
     }
 }
 
-/// [`Store::cancel`].
+/// [`Store::cancel`]; whether the task was still queued.
 async fn cancel(
     conn: &ConnectionManager,
     timeout: Duration,
     task_id: &str,
     user_id: &str,
     slot_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut inv = CANCEL.prepare_invoke();
     inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
     inv.arg(task_id).arg(slot_ms);
-    let _: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
-    Ok(())
+    let queued: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
+    Ok(queued == 1)
 }
 
 /// [`Store::time_ms`].

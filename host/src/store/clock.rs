@@ -30,7 +30,8 @@ impl Clock {
         let rtt = (after_ms - before_ms).max(1);
         let offset = redis_ms - (before_ms + (after_ms - before_ms) / 2);
         let previous = self.rtt_ms.load(Ordering::Relaxed);
-        let consistent = (offset - self.offset_ms.load(Ordering::Relaxed)).abs() <= rtt / 2 + 1;
+        // Both offsets are uncertain by half their round trip, and rounded to the ms.
+        let consistent = (offset - self.offset_ms.load(Ordering::Relaxed)).abs() <= rtt / 2 + previous / 2 + 2;
         if previous != 0 && rtt > MAX_TRUSTED_RTT_MS && rtt > previous && consistent {
             return;
         }

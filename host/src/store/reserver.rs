@@ -14,16 +14,20 @@
 //!   stalls with a batch in its socket runs it when it wakes, after the batch has timed
 //!   out here and nobody is left to read the answer;
 //! - a reservation stored in time whose answer still finds its caller gone (the answer
-//!   was slow to come back) is cancelled.
+//!   was slow to come back) is cancelled, after the batch's other callers are answered.
+//!   (A queued task whose start came within that delay may have been claimed and run by
+//!   then: the log says so.)
 //!
-//! The give-up time is on the worker's clock, aligned with Redis's: a refused batch
-//! realigns it at once, so a clock stepped on either machine costs one batch, not the
-//! 10 s until the consumer's next alignment.
+//! One waiting caller past its give-up time would make Redis refuse its whole batch, so
+//! it is answered 503 here instead, without being sent. The give-up time is on the
+//! worker's clock, aligned with Redis's: a refused batch realigns it (at most once a
+//! second), so a clock stepped on either machine costs a batch, not the 10 s until the
+//! consumer's next alignment.
 
 use redis::aio::ConnectionManager;
 use redis::{RedisWrite, ToRedisArgs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::{Clock, local_ms};
@@ -33,6 +37,8 @@ use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
 const MAX_BATCH: usize = 64;
 /// The error code `reserve.lua` refuses a batch past its give-up time with.
 const GIVEN_UP: &str = "TIMEDOUT";
+/// Least time between two realignments after refusals.
+const REALIGN_EVERY: Duration = Duration::from_secs(1);
 
 /// One reservation waiting for its batch: its own keys and arguments as `reserve.lua`
 /// takes them (the due index and lease set go once per batch), and where its answer goes.
@@ -94,16 +100,33 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut realigned: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        batch.retain(|p: &Pending| !p.reply.is_closed());
-        if !batch.is_empty() {
-            send(&mut conn, timeout, &clock, &mut batch).await;
+        let now = clock.now_ms();
+        let (live, late): (Vec<Pending>, Vec<Pending>) =
+            batch.drain(..).filter(|p| !p.reply.is_closed()).partition(|p| p.give_up_ms.is_none_or(|at| at > now));
+        answer_all(late, &StoreError::Unavailable("no answer from Redis in time".into()));
+        batch = live;
+        if batch.is_empty() {
+            continue;
         }
+        let Err(refused) = send(&mut conn, timeout, &mut batch).await else { continue };
+        // Realigned before its callers hear of it, as they may retry at once.
+        if realigned.is_none_or(|at| at.elapsed() >= REALIGN_EVERY) {
+            realigned = Some(Instant::now());
+            let before = local_ms();
+            match super::time_ms(&conn, timeout).await {
+                Ok(redis_ms) => clock.align(before, redis_ms, local_ms()),
+                Err(e) => tracing::debug!("cannot realign the clock with Redis: {e}"),
+            }
+        }
+        answer_all(std::mem::take(&mut batch), &refused);
     }
 }
 
-/// Send one batch and answer each of its reservations; leaves `batch` empty.
-async fn send(conn: &mut ConnectionManager, timeout: Duration, clock: &Clock, batch: &mut Vec<Pending>) {
+/// Send one batch and answer each of its reservations, leaving `batch` empty; or, if Redis
+/// refused the batch as past its give-up time, leave it unanswered and return the error.
+async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) -> Result<(), StoreError> {
     let mut inv = RESERVE.prepare_invoke();
     inv.key(keys::DUE).key(keys::LEASE);
     for pending in batch.iter() {
@@ -122,42 +145,54 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, clock: &Clock, ba
     };
     match reply {
         Ok(values) if values.len() == 3 * batch.len() => {
+            let mut orphans = Vec::new();
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
-                let Err(Ok(Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. })) =
+                // Stored, but its caller has given up: undo it once the others are answered.
+                if let Err(Ok(reserved @ (Reserved::Admitted { .. } | Reserved::Queued { .. }))) =
                     pending.reply.send(decode(v[0], v[1], v[2]))
-                else {
-                    continue;
-                };
-                // Stored, but its caller has given up.
-                let (task_id, user_id) = (&pending.task_id, &pending.user_id);
-                match super::cancel(conn, timeout, task_id, user_id, slot_ms).await {
-                    Ok(()) => tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled"),
-                    Err(e) => {
-                        tracing::error!(%task_id, "a task stored after its caller gave up could not be cancelled; it will run: {e}")
-                    }
+                {
+                    orphans.push((pending.task_id, pending.user_id, reserved));
                 }
+            }
+            if !orphans.is_empty() {
+                tokio::spawn(cancel_orphans(conn.clone(), timeout, orphans));
             }
         }
         Ok(values) => {
             let error = StoreError::BadReply(format!("reserve: {} values for {} tasks", values.len(), batch.len()));
-            answer_all(batch, &error);
+            answer_all(std::mem::take(batch), &error);
         }
-        Err(error) => {
-            // Refused as late: realign before answering, as a caller may retry at once.
-            if matches!(&error, StoreError::Unavailable(message) if message.contains(GIVEN_UP)) {
-                let before = local_ms();
-                match super::time_ms(conn, timeout).await {
-                    Ok(redis_ms) => clock.align(before, redis_ms, local_ms()),
-                    Err(e) => tracing::debug!("cannot realign the clock with Redis: {e}"),
-                }
+        Err(error) if matches!(&error, StoreError::Unavailable(message) if message.contains(GIVEN_UP)) => {
+            return Err(error);
+        }
+        Err(error) => answer_all(std::mem::take(batch), &error),
+    }
+    Ok(())
+}
+
+/// Cancel reservations stored for callers that had given up.
+async fn cancel_orphans(conn: ConnectionManager, timeout: Duration, orphans: Vec<(String, String, Reserved)>) {
+    for (task_id, user_id, reserved) in orphans {
+        let (queued, slot_ms) = match reserved {
+            Reserved::Queued { slot_ms, .. } => (true, slot_ms),
+            Reserved::Admitted { slot_ms, .. } | Reserved::TooFar { slot_ms, .. } => (false, slot_ms),
+        };
+        match super::cancel(&conn, timeout, &task_id, &user_id, slot_ms).await {
+            Ok(was_queued) if was_queued || !queued => {
+                tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled");
             }
-            answer_all(batch, &error);
+            Ok(_) => {
+                tracing::error!(%task_id, "a task stored after its caller gave up was claimed before its cancel: it may have run")
+            }
+            Err(e) => {
+                tracing::error!(%task_id, "a task stored after its caller gave up could not be cancelled; it will run: {e}")
+            }
         }
     }
 }
 
-fn answer_all(batch: &mut Vec<Pending>, error: &StoreError) {
-    for pending in batch.drain(..) {
+fn answer_all(batch: Vec<Pending>, error: &StoreError) {
+    for pending in batch {
         let _ = pending.reply.send(Err(error.clone()));
     }
 }

@@ -4,8 +4,8 @@
 -- conservative.)
 -- KEYS[1] the user's reserved starts, KEYS[2] the task, KEYS[3] the due index, KEYS[4] the lease set
 -- ARGV[1] task id, ARGV[2] its reserved start ms (the starts entry is 'start:task id')
--- Returns 1.
-redis.call('ZREM', KEYS[3], ARGV[1])
+-- Returns 1 if the task was in the due index (queued), else 0.
+local queued = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[2])
 -- A reservation without windows writes no start, and so leaves an earlier version's zset
@@ -14,4 +14,4 @@ local removed = redis.pcall('LREM', KEYS[1], '-1', ARGV[2] .. ':' .. ARGV[1])
 if type(removed) == 'table' and removed.err then
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
-return 1
+return queued
