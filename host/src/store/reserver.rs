@@ -102,11 +102,10 @@ async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut realigned: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        batch.retain(|p| !p.reply.is_closed());
         let now = clock.now_ms();
-        let (live, late): (Vec<Pending>, Vec<Pending>) =
-            batch.drain(..).filter(|p| !p.reply.is_closed()).partition(|p| p.give_up_ms.is_none_or(|at| at > now));
+        let late: Vec<Pending> = batch.extract_if(.., |p| p.give_up_ms.is_some_and(|at| at <= now)).collect();
         answer_all(late, &StoreError::Unavailable("no answer from Redis in time".into()));
-        batch = live;
         if batch.is_empty() {
             continue;
         }
