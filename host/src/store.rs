@@ -94,6 +94,16 @@ pub enum Reserved {
     TooFar { slot_ms: i64, now_ms: i64 },
 }
 
+impl Reserved {
+    /// The start written for the task, or `None` when nothing was written.
+    pub fn stored_slot(self) -> Option<i64> {
+        match self {
+            Self::Admitted { slot_ms, .. } | Self::Queued { slot_ms, .. } => Some(slot_ms),
+            Self::TooFar { .. } => None,
+        }
+    }
+}
+
 /// What one [`Store::claim`] round found.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -155,11 +165,10 @@ impl Store {
     pub async fn reserve(&self, task: &NewTask, rule: &SlotRule, lease: Duration) -> Result<Reserved, StoreError> {
         let give_up_ms =
             self.clock.is_aligned().then(|| self.clock.now_ms() + (self.timeout * 3 / 4).as_millis() as i64);
-        let (pending, answer) = reserver::Pending::new(task, rule, lease, give_up_ms);
+        let (pending, mut answer) = reserver::Pending::new(task, rule, lease, give_up_ms);
         let stopped = || StoreError::Unavailable("the reservation task has stopped".into());
         let queue = self.reserver.get_or_init(|| reserver::spawn(self.conn.clone(), self.timeout, self.clock.clone()));
         queue.send(pending).map_err(|_| stopped())?;
-        let mut answer = answer;
         match tokio::time::timeout(self.timeout, &mut answer).await {
             Ok(Ok(reserved)) => reserved,
             Ok(Err(_)) => Err(stopped()),

@@ -146,10 +146,7 @@ impl Producer {
     }
 
     async fn cancel(&self, task: &NewTask, reserved: Reserved) {
-        let slot_ms = match reserved {
-            Reserved::Admitted { slot_ms, .. } | Reserved::Queued { slot_ms, .. } => slot_ms,
-            Reserved::TooFar { .. } => return, // nothing was written
-        };
+        let Some(slot_ms) = reserved.stored_slot() else { return };
         if let Err(e) = self.runner.store.cancel(&task.task_id, &task.user_id, slot_ms).await {
             tracing::error!(task_id = %task.task_id, "could not cancel the reservation of a failed decision; the task may still run: {e}");
         }

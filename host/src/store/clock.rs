@@ -46,8 +46,16 @@ impl Clock {
 
     /// Measure the offset against Redis now.
     pub async fn sync(&self, store: &super::Store) -> Result<(), super::StoreError> {
+        self.sync_by(store.time_ms()).await
+    }
+
+    /// Measure the offset with `redis_time`, a read of Redis's clock not yet started.
+    pub(super) async fn sync_by(
+        &self,
+        redis_time: impl Future<Output = Result<i64, super::StoreError>>,
+    ) -> Result<(), super::StoreError> {
         let before = local_ms();
-        let redis = store.time_ms().await?;
+        let redis = redis_time.await?;
         self.align(before, redis, local_ms());
         Ok(())
     }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-use super::clock::{Clock, local_ms};
+use super::clock::Clock;
 use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
 
 /// Most reservations in one script call.
@@ -113,10 +113,8 @@ async fn run(
         // Realigned before its callers hear of it, as they may retry at once.
         if realigned.is_none_or(|at| at.elapsed() >= REALIGN_EVERY) {
             realigned = Some(Instant::now());
-            let before = local_ms();
-            match super::time_ms(&conn, timeout).await {
-                Ok(redis_ms) => clock.align(before, redis_ms, local_ms()),
-                Err(e) => tracing::debug!("cannot realign the clock with Redis: {e}"),
+            if let Err(e) = clock.sync_by(super::time_ms(&conn, timeout)).await {
+                tracing::debug!("cannot realign the clock with Redis: {e}");
             }
         }
         answer_all(std::mem::take(&mut batch), &refused);
@@ -139,6 +137,7 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
     // After every task's arguments: the batch's give-up time, 0 for none.
     inv.arg(batch.iter().filter_map(|p| p.give_up_ms).min().unwrap_or(0));
     let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, inv.invoke_async(conn)).await {
+        Ok(Err(e)) if e.code() == Some(GIVEN_UP) => return Err(e.into()),
         Ok(reply) => reply.map_err(StoreError::from),
         Err(_) => Err(StoreError::no_answer(timeout)),
     };
@@ -147,10 +146,11 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
             let mut orphans = Vec::new();
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
                 // Stored, but its caller has given up: undo it once the others are answered.
-                if let Err(Ok(reserved @ (Reserved::Admitted { .. } | Reserved::Queued { .. }))) =
-                    pending.reply.send(decode(v[0], v[1], v[2]))
+                if let Err(Ok(reserved)) = pending.reply.send(decode(v[0], v[1], v[2]))
+                    && let Some(slot_ms) = reserved.stored_slot()
                 {
-                    orphans.push((pending.task_id, pending.user_id, reserved));
+                    let queued = matches!(reserved, Reserved::Queued { .. });
+                    orphans.push(Orphan { task_id: pending.task_id, user_id: pending.user_id, slot_ms, queued });
                 }
             }
             if !orphans.is_empty() {
@@ -161,21 +161,23 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
             let error = StoreError::BadReply(format!("reserve: {} values for {} tasks", values.len(), batch.len()));
             answer_all(std::mem::take(batch), &error);
         }
-        Err(error) if matches!(&error, StoreError::Unavailable(message) if message.contains(GIVEN_UP)) => {
-            return Err(error);
-        }
         Err(error) => answer_all(std::mem::take(batch), &error),
     }
     Ok(())
 }
 
+/// A reservation stored for a caller that had given up.
+struct Orphan {
+    task_id: String,
+    user_id: String,
+    slot_ms: i64,
+    /// Stored queued (in the due index), not admitted (leased to this worker).
+    queued: bool,
+}
+
 /// Cancel reservations stored for callers that had given up.
-async fn cancel_orphans(conn: ConnectionManager, timeout: Duration, orphans: Vec<(String, String, Reserved)>) {
-    for (task_id, user_id, reserved) in orphans {
-        let (queued, slot_ms) = match reserved {
-            Reserved::Queued { slot_ms, .. } => (true, slot_ms),
-            Reserved::Admitted { slot_ms, .. } | Reserved::TooFar { slot_ms, .. } => (false, slot_ms),
-        };
+async fn cancel_orphans(conn: ConnectionManager, timeout: Duration, orphans: Vec<Orphan>) {
+    for Orphan { task_id, user_id, slot_ms, queued } in orphans {
         match super::cancel(&conn, timeout, &task_id, &user_id, slot_ms).await {
             Ok(was_queued) if was_queued || !queued => {
                 tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled");
