@@ -106,6 +106,7 @@ test: build-policies build-test-policies
 # Benchmark a release build on this machine: throughput, latency by outcome, Redis and CPU cost, memory, queue lateness, micro-benchmarks
 bench: build
     cargo build --release --quiet -p sluice-bench
+    npm ci --prefix bench/seed --no-audit --no-fund --silent
     cargo run --release --quiet -p sluice-bench --bin sluice-bench
     cargo bench -p sluice --bench policy
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use load::{Load, Phase, quantile_ms};
-use procs::{Floor, Redis, Sluice, cpu_seconds, status_kib, steal_jiffies};
+use procs::{Floor, Redis, Seed, Sluice, cpu_seconds, status_kib, steal_jiffies};
 use sluice::store::keys;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -46,7 +46,12 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "throughput: {runs} rounds of {secs} s, {connections} connections, {users} users, WORKERS={workers}, {pace}"
     );
-    println!("  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark, twice)");
+    println!(
+        "  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark, twice),"
+    );
+    println!(
+        "  each paired with the seed's design under the same load (bench/seed: Node cluster + Express + rate-limiter-flexible)"
+    );
     let load = Load {
         port: 0,
         connections,
@@ -57,13 +62,21 @@ async fn bench() -> anyhow::Result<()> {
         keep_queued: false,
         seed: 1,
     };
-    let mut rounds = Vec::new();
+    let (mut rounds, mut seed_rounds) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let dir = scratch.join(format!("round{round}"));
+        let full = Load { seed: 7 + round as u64, ..load };
+        // Which of the pair goes first alternates, as with the floor below.
+        let seed_first = round % 2 == 1;
+        let seed = if seed_first { Some(seed_round(&dir.join("seed"), workers, full).await?) } else { None };
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
-        let full = Load { port: sluice.port, seed: 7 + round as u64, ..load };
-        let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), full).await?;
+        let full_sluice = Load { port: sluice.port, ..full };
+        let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), full_sluice).await?;
         drop((sluice, redis));
+        let seed = match seed {
+            Some(seed) => seed,
+            None => seed_round(&dir.join("seed"), workers, full).await?,
+        };
         let ceiling = reserve_ceiling(&dir.join("ceiling"), users, CeilingTasks::New)?;
         let overwriting = reserve_ceiling(&dir.join("ceiling-overwriting"), users, CeilingTasks::Overwritten)?;
         let rps = summary["rps"].as_f64().unwrap_or(0.0);
@@ -71,11 +84,15 @@ async fn bench() -> anyhow::Result<()> {
         summary["share_of_reserve_lua_alone"] = json!(round2(rps / ceiling));
         summary["reserve_lua_alone_overwriting_per_s"] = json!(overwriting.round());
         summary["share_of_reserve_lua_alone_overwriting"] = json!(round2(rps / overwriting));
+        summary["over_seed_rps"] = json!(round2(rps / seed["rps"].as_f64().unwrap_or(f64::NAN)));
         forget(&dir);
         println!("  round {}: {}", round + 1, summary);
+        println!("  seed {}{}: {}", round + 1, if seed_first { " (ran first)" } else { "" }, seed);
         rounds.push(summary);
+        seed_rounds.push(seed);
     }
     let median = median_by(&rounds, "rps");
+    let seed_median = median_by(&seed_rounds, "rps");
     let half_rate = median["rps"].as_f64().unwrap_or(0.0) / 2.0;
     // As many rounds as at full rate, each on fresh processes: one 10 s window's p99
     // moves by 2x between identical runs here, with the AOF rewrite and the second-by-second
@@ -117,6 +134,8 @@ async fn bench() -> anyhow::Result<()> {
         "paced_req_per_s": rate,
         "throughput_rounds": rounds,
         "throughput_median": median,
+        "seed_rounds": seed_rounds,
+        "seed": seed_median,
         "half_peak_rounds": half_rounds,
         "half_peak": half_summary,
         "floor_rounds": floor_rounds,
@@ -215,6 +234,19 @@ async fn floor_round(dir: &std::path::Path, workers: usize, load: Load) -> anyho
     warm_up(load).await?;
     let summary = measured("floor", &redis, &floor.pids(), None, load).await?;
     drop((floor, redis));
+    forget(dir);
+    Ok(summary)
+}
+
+/// The seed's design (`bench/seed`) under the full-rate load, on a fresh Redis, warmed up
+/// and measured as Sluice is: what Sluice replaces, in the same minutes.
+async fn seed_round(dir: &std::path::Path, workers: usize, load: Load) -> anyhow::Result<serde_json::Value> {
+    let redis = Redis::start(dir)?;
+    let seed = Seed::start(&redis, dir, workers)?;
+    let load = Load { port: seed.port, ..load };
+    warm_up(load).await?;
+    let summary = measured("seed", &redis, &seed.pids(), Some(&seed.task_log), load).await?;
+    drop((seed, redis));
     forget(dir);
     Ok(summary)
 }
@@ -422,6 +454,20 @@ fn print_table(r: &serde_json::Value) {
             );
         }
     }
+    let s = &r["seed"];
+    println!(
+        "| the seed's design under the same load (Node cluster + Express + rate-limiter-flexible), median round: req/s; p50 / p99 ms; errors | {}; {} / {}; {} |",
+        s["rps"], s["p50_ms"], s["p99_ms"], s["errors"]
+    );
+    println!(
+        "| Sluice's req/s over the seed's, each round pair (seed's req/s) | {} |",
+        rounds(r, "throughput_rounds")
+            .iter()
+            .zip(rounds(r, "seed_rounds"))
+            .map(|(x, s)| format!("{} ({})", x["over_seed_rps"], s["rps"]))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
     let h = &r["half_peak"];
     println!(
         "| at half of that rate, median round by p99: p50 / p99 ms (AOF rewrites meanwhile); p99 of each round | {} / {} ({}); {} |",

@@ -107,10 +107,15 @@ impl Sluice {
     }
 
     pub fn workers(&self) -> Vec<u32> {
-        let out = Command::new("pgrep").arg("-P").arg(self.child.id().to_string()).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        children_of(self.child.id())
     }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep").arg("-P").arg(pid.to_string()).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for Sluice {
@@ -158,6 +163,59 @@ impl Drop for Floor {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// The seed's design (`bench/seed/server.js`: Node cluster + Express +
+/// rate-limiter-flexible), one worker per core behind a primary that exits when its stdin
+/// closes; each worker exits with the primary.
+#[derive(Debug)]
+pub struct Seed {
+    child: Child,
+    pub port: u16,
+    pub task_log: PathBuf,
+}
+
+impl Seed {
+    pub fn start(redis: &Redis, dir: &Path, workers: usize) -> anyhow::Result<Self> {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("seed");
+        anyhow::ensure!(
+            app.join("node_modules").is_dir(),
+            "{} has no node_modules: run `npm ci --prefix bench/seed` (`just bench` does)",
+            app.display()
+        );
+        let (port, task_log) = (free_port()?, dir.join("seed_log.jsonl"));
+        let child = Command::new("node")
+            .arg(app.join("server.js"))
+            .env("SEED_PORT", port.to_string())
+            .env("SEED_REDIS", &redis.socket)
+            .env("SEED_WORKERS", workers.to_string())
+            .env("SEED_LOG", &task_log)
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("starting node (the seed's design needs Node.js)")?;
+        let seed = Self { child, port, task_log };
+        wait_serving(port, Duration::from_secs(30), || seed.pids().len() > workers)
+            .context("the seed did not start")?;
+        Ok(seed)
+    }
+
+    /// The primary and its workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = children_of(self.child.id());
+        pids.push(self.child.id());
+        pids
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        let workers = children_of(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in workers {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
 }
