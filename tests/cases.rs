@@ -214,17 +214,28 @@ async fn a_users_starts_outlive_a_longer_window_after_a_policy_change() {
 }
 
 /// A start entry that `reserve.lua` did not write (`start ms:task id`) fails the reservation:
-/// the user's history is unknown, which must not read as a user without history.
+/// the user's history is unknown, which must not read as a user without history. The
+/// failure is that task's alone: the others in its batch are stored and answered.
 #[tokio::test]
 async fn a_malformed_start_entry_fails_the_reservation() {
+    use sluice::store::keys;
     let redis = RedisServer::start();
     let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
-    redis.cli(&["RPUSH", &sluice::store::keys::starts("bad"), "garbage"]);
-    let task = new_task("b1", "bad");
+    redis.cli(&["RPUSH", &keys::starts("bad"), "garbage"]);
     let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
-    let got = store.reserve(&task, &rule, Duration::from_secs(60)).await;
-    assert!(got.is_err(), "reserved over a malformed history: {got:?}");
-    assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("b1")]), "0", "nothing stored");
+    let lease = Duration::from_secs(60);
+    let reserve = |id: &str, user: &str| {
+        let (store, task, rule) = (store.clone(), new_task(id, user), rule.clone());
+        async move { store.reserve(&task, &rule, lease).await }
+    };
+    // Made in one poll of a single-threaded runtime, the three go to Redis as one batch.
+    let (before, bad, after) = tokio::join!(reserve("g1", "good"), reserve("b1", "bad"), reserve("g2", "good"));
+    assert!(matches!(&bad, Err(StoreError::BadReply(e)) if e.contains("did not write")), "{bad:?}");
+    assert_eq!(redis.cli(&["EXISTS", &keys::task("b1")]), "0", "stored over a malformed history");
+    for (id, got) in [("g1", before), ("g2", after)] {
+        assert!(matches!(got, Ok(Reserved::Admitted { .. } | Reserved::Queued { .. })), "{id}: {got:?}");
+        assert_eq!(redis.cli(&["EXISTS", &keys::task(id)]), "1", "{id} not stored");
+    }
 }
 
 /// Versions before the starts list kept a user's starts in a zset under the same key: the
@@ -346,14 +357,18 @@ async fn a_reservation_whose_caller_gave_up_leaves_nothing_stored() {
     stall_two(&redis, &store, &new_task("a1", "stalled-a"), &new_task("a2", "stalled-a")).await;
     assert_eq!(stored_ids(), "", "stored after their callers gave up");
     assert_eq!(redis.cli(&["EXISTS", &keys::starts("stalled-a")]), "0");
-    // Before the clock is aligned there is no give-up time: the second, answered after its
-    // caller gave up, is cancelled. (The first, whose answer nobody reads, stays.)
+    // Before the clock is aligned there is no give-up time, and Redis runs both batches
+    // when it wakes: the first answers after its batch timed out here, the second after
+    // its caller gave up. Both are cancelled.
     let store = Store::new(&redis.url(), Duration::from_secs(1)).expect("store");
     stall_two(&redis, &store, &new_task("b1", "stalled-b"), &new_task("b2", "stalled-b")).await;
-    assert_eq!(redis.cli(&["EXISTS", &keys::task("b2")]), "0", "b2 was not cancelled");
-    assert_eq!(redis.cli(&["ZSCORE", keys::DUE, "b2"]), "", "b2 is still queued");
+    for id in ["b1", "b2"] {
+        assert_eq!(redis.cli(&["EXISTS", &keys::task(id)]), "0", "{id} was not cancelled");
+        assert_eq!(redis.cli(&["ZSCORE", keys::DUE, id]), "", "{id} is still queued");
+        assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, id]), "", "{id} is still leased");
+    }
     let starts = redis.cli(&["LRANGE", &keys::starts("stalled-b"), "0", "-1"]);
-    assert!(!starts.contains(":b2"), "b2's start is kept: {starts}");
+    assert!(!starts.contains(":b1") && !starts.contains(":b2"), "a start is kept: {starts}");
 }
 
 /// The give-up time is on the worker's clock: with that clock stepped 10 s behind Redis's,

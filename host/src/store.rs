@@ -137,9 +137,11 @@ impl Store {
     /// by later commands, so a Redis outage heals without a restart.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
+        // Every call bounds its own wait by `timeout`; the connection keeps waiting longer,
+        // so the late answer of a reservation batch can still be read and undone.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout.max(reserver::LATE_ANSWER_WAIT)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;

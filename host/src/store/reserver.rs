@@ -15,8 +15,9 @@
 //!   out here and nobody is left to read the answer;
 //! - a reservation stored in time whose answer still finds its caller gone (the answer
 //!   was slow to come back) is cancelled, after the batch's other callers are answered.
-//!   (A queued task whose start came within that delay may have been claimed and run by
-//!   then: the log says so.)
+//!   A batch that timed out here is still listened for, up to [`LATE_ANSWER_WAIT`], and
+//!   what its late answer says was stored is cancelled too. (A queued task whose start
+//!   came within that delay may have been claimed and run by then: the log says so.)
 //!
 //! One waiting caller past its give-up time would make Redis refuse its whole batch, so
 //! it is answered 503 here instead, without being sent. The give-up time is on the
@@ -25,7 +26,7 @@
 //! consumer's next alignment.
 
 use redis::aio::ConnectionManager;
-use redis::{RedisWrite, ToRedisArgs};
+use redis::{RedisFuture, RedisWrite, ToRedisArgs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,9 @@ const MAX_BATCH: usize = 64;
 const GIVEN_UP: &str = "TIMEDOUT";
 /// Least time between two realignments after refusals.
 const REALIGN_EVERY: Duration = Duration::from_secs(1);
+/// How long the answer of a batch that timed out is still waited for, to undo what it
+/// stored. The connection waits as long (see `Store::new`); every call bounds its own wait.
+pub(super) const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// One reservation waiting for its batch: its own keys and arguments as `reserve.lua`
 /// takes them (the due index and lease set go once per batch), and where its answer goes.
@@ -93,12 +97,7 @@ pub(super) fn spawn(conn: ConnectionManager, timeout: Duration, clock: Arc<Clock
     tx
 }
 
-async fn run(
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    clock: Arc<Clock>,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-) {
+async fn run(conn: ConnectionManager, timeout: Duration, clock: Arc<Clock>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut realigned: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -109,7 +108,7 @@ async fn run(
         if batch.is_empty() {
             continue;
         }
-        let Err(refused) = send(&mut conn, timeout, &mut batch).await else { continue };
+        let Err(refused) = send(&conn, timeout, &mut batch).await else { continue };
         // Realigned before its callers hear of it, as they may retry at once.
         if realigned.is_none_or(|at| at.elapsed() >= REALIGN_EVERY) {
             realigned = Some(Instant::now());
@@ -123,7 +122,7 @@ async fn run(
 
 /// Send one batch and answer each of its reservations, leaving `batch` empty; or, if Redis
 /// refused the batch as past its give-up time, leave it unanswered and return the error.
-async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) -> Result<(), StoreError> {
+async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pending>) -> Result<(), StoreError> {
     let mut inv = RESERVE.prepare_invoke();
     inv.key(keys::DUE).key(keys::LEASE);
     for pending in batch.iter() {
@@ -136,21 +135,26 @@ async fn send(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<P
     }
     // After every task's arguments: the batch's give-up time, 0 for none.
     inv.arg(batch.iter().filter_map(|p| p.give_up_ms).min().unwrap_or(0));
-    let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, inv.invoke_async(conn)).await {
+    let mut call: RedisFuture<'static, Vec<i64>> = Box::pin({
+        let mut conn = conn.clone();
+        async move { inv.invoke_async(&mut conn).await }
+    });
+    let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, &mut call).await {
         Ok(Err(e)) if e.code() == Some(GIVEN_UP) => return Err(e.into()),
         Ok(reply) => reply.map_err(StoreError::from),
-        Err(_) => Err(StoreError::no_answer(timeout)),
+        Err(_) => {
+            let tasks = batch.iter().map(|p| (p.task_id.clone(), p.user_id.clone())).collect();
+            tokio::spawn(undo_late_answer(conn.clone(), timeout, call, tasks));
+            Err(StoreError::no_answer(timeout))
+        }
     };
     match reply {
         Ok(values) if values.len() == 3 * batch.len() => {
             let mut orphans = Vec::new();
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
                 // Stored, but its caller has given up: undo it once the others are answered.
-                if let Err(Ok(reserved)) = pending.reply.send(decode(v[0], v[1], v[2]))
-                    && let Some(slot_ms) = reserved.stored_slot()
-                {
-                    let queued = matches!(reserved, Reserved::Queued { .. });
-                    orphans.push(Orphan { task_id: pending.task_id, user_id: pending.user_id, slot_ms, queued });
+                if let Err(Ok(reserved)) = pending.reply.send(decode(v[0], v[1], v[2])) {
+                    orphans.extend(Orphan::of(pending.task_id, pending.user_id, reserved));
                 }
             }
             if !orphans.is_empty() {
@@ -173,6 +177,47 @@ struct Orphan {
     slot_ms: i64,
     /// Stored queued (in the due index), not admitted (leased to this worker).
     queued: bool,
+}
+
+impl Orphan {
+    /// What `reserved` stored, if anything.
+    fn of(task_id: String, user_id: String, reserved: Reserved) -> Option<Self> {
+        let slot_ms = reserved.stored_slot()?;
+        Some(Self { task_id, user_id, slot_ms, queued: matches!(reserved, Reserved::Queued { .. }) })
+    }
+}
+
+/// Wait for the answer of a batch that timed out (its callers were answered 503), and
+/// cancel what it stored.
+async fn undo_late_answer(
+    conn: ConnectionManager,
+    timeout: Duration,
+    call: RedisFuture<'static, Vec<i64>>,
+    tasks: Vec<(String, String)>,
+) {
+    let values = match tokio::time::timeout(LATE_ANSWER_WAIT, call).await {
+        Ok(Ok(values)) if values.len() == 3 * tasks.len() => values,
+        // Refused by Redis (past the give-up time, full): nothing stored.
+        Ok(Err(e)) if e.code().is_some() => return,
+        other => {
+            let what = match other {
+                Ok(Ok(values)) => format!("{} values for {} tasks", values.len(), tasks.len()),
+                Ok(Err(e)) => format!("the error {e}"),
+                Err(_) => "no answer".to_owned(),
+            };
+            tracing::error!(
+                tasks = tasks.len(),
+                "a reservation batch that timed out got {what} within {} s: its tasks may be stored and run though their callers were answered 503",
+                LATE_ANSWER_WAIT.as_secs()
+            );
+            return;
+        }
+    };
+    let stored = tasks
+        .into_iter()
+        .zip(values.chunks_exact(3))
+        .filter_map(|((task_id, user_id), v)| Orphan::of(task_id, user_id, decode(v[0], v[1], v[2]).ok()?));
+    cancel_orphans(conn, timeout, stored.collect()).await;
 }
 
 /// Cancel reservations stored for callers that had given up.
@@ -203,6 +248,9 @@ fn decode(status: i64, slot_ms: i64, now_ms: i64) -> Result<Reserved, StoreError
         0 => Ok(Reserved::TooFar { slot_ms, now_ms }),
         1 => Ok(Reserved::Admitted { slot_ms, now_ms }),
         2 => Ok(Reserved::Queued { slot_ms, now_ms }),
+        3 => Err(StoreError::BadReply(
+            "reserve.lua failed on data it did not write under this task's keys (Redis's log names it)".into(),
+        )),
         other => Err(StoreError::BadReply(format!("reserve status {other}"))),
     }
 }

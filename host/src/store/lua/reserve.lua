@@ -21,7 +21,12 @@
 -- Past it by Redis TIME a caller in the batch has answered 503, so the whole batch is
 -- refused with an error and nothing is written (see host/src/store/reserver.rs).
 -- Returns status, slot ms, now ms per task: status 0 = too far (nothing written),
--- 1 = admitted (task stored and leased: running), 2 = queued (stored, in the due index).
+-- 1 = admitted (task stored and leased: running), 2 = queued (stored, in the due index),
+-- 3 = failed (slot and now 0): a command on the task's keys raised an error, which names
+-- data this script did not write (a malformed start entry, a key of another type) and
+-- goes to Redis's log. A failure is the task's own: the batch's other tasks are decided
+-- and answered as if it had not been in it. (The checks that can fail run before the
+-- task's first write, except for a task or due key of another type.)
 -- Numbers go to redis.call as text written once with %d: Redis writes a Lua number
 -- argument with %.17g (glibc's float formatting) at every call it is passed to, which
 -- was about 5% of Redis's CPU under `just bench`. The other way, Lua 5.1 reads every
@@ -74,10 +79,10 @@ if give_up ~= '0' and now_of('0') > tonumber(give_up) then
   return redis.error_reply('TIMEDOUT the reservations reached Redis after their callers gave up')
 end
 
-local function reserve(k, a)
+-- Task k's keys start at KEYS[k], its arguments at ARGV[a]; n is its window count.
+local function reserve(k, a, n)
   local starts, task, bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local now, now_text = now_of(ARGV[a + 6])
-  local n = tonumber(ARGV[a + 9])
   local slot = now
   if ARGV[a + 4] ~= '0' then slot = math.max(now, tonumber(ARGV[a + 4])) end
   local interval, tat = 0, now
@@ -113,7 +118,7 @@ local function reserve(k, a)
   end
 
   if ARGV[a + 3] ~= '-1' and slot - now > tonumber(ARGV[a + 3]) then
-    return 0, slot, now, n
+    return 0, slot, now
   end
 
   local slot_text = int(slot)
@@ -149,16 +154,25 @@ local function reserve(k, a)
   redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot_text, 'created_at', now_text)
   if slot <= now then
     redis.call('ZADD', lease, int(now + tonumber(ARGV[a + 5])), ARGV[a])
-    return 1, slot, now, n
+    return 1, slot, now
   end
   redis.call('ZADD', due, slot_text, ARGV[a])
-  return 2, slot, now, n
+  return 2, slot, now
 end
 
 local out = {}
 local a = 1
 for k = 3, #KEYS, 3 do
-  local status, slot, now, n = reserve(k, a)
+  local n = tonumber(ARGV[a + 9])
+  local ok, status, slot, now = pcall(reserve, k, a, n)
+  if not ok then
+    local message = type(status) == 'table' and status.err or tostring(status)
+    -- At maxmemory Redis refuses a script's first write, so nothing is written yet: the
+    -- whole batch is refused, as Redis is full, not this task's data wrong.
+    if string.sub(message, 1, 4) == 'OOM ' then return redis.error_reply(message) end
+    redis.log(redis.LOG_WARNING, 'reserve.lua: task ' .. ARGV[a] .. ' failed: ' .. message)
+    status, slot, now = 3, 0, 0
+  end
   out[#out + 1] = status
   out[#out + 1] = slot
   out[#out + 1] = now
