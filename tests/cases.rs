@@ -236,6 +236,28 @@ async fn a_malformed_start_entry_fails_the_reservation() {
         assert!(matches!(got, Ok(Reserved::Admitted { .. } | Reserved::Queued { .. })), "{id}: {got:?}");
         assert_eq!(redis.cli(&["EXISTS", &keys::task(id)]), "1", "{id} not stored");
     }
+    // The same for the entry a window's limit reads (here the 20th newest, behind 19 starts
+    // of the last minute): it must not read as fewer than 20 starts.
+    let now = 1_000_000_000;
+    let mut entries = vec!["RPUSH".to_owned(), keys::starts("bad20"), "garbage".to_owned()];
+    entries.extend((0..19).map(|i| format!("{}:old{i}", now - 50_000 + i * 1000)));
+    redis.cli(&entries.iter().map(String::as_str).collect::<Vec<_>>());
+    let rule = SlotRule { windows: vec![(1, 1000), (20, 60_000)], now_ms: Some(now), ..SlotRule::default() };
+    let got = store.reserve(&new_task("b20", "bad20"), &rule, lease).await;
+    assert!(matches!(&got, Err(StoreError::BadReply(_))), "reserved over a malformed 20th start: {got:?}");
+    assert_eq!(redis.cli(&["EXISTS", &keys::task("b20")]), "0", "stored over a malformed history");
+    // A task key of another type fails the task's first write: nothing of it is kept.
+    redis.cli(&["SET", &keys::task("w1"), "foreign"]);
+    let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
+    let got = store.reserve(&new_task("w1", "wrongtype"), &rule, lease).await;
+    assert!(matches!(&got, Err(StoreError::BadReply(_))), "{got:?}");
+    assert_eq!(redis.cli(&["EXISTS", &keys::starts("wrongtype")]), "0", "a start kept for a failed task");
+    assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "w1"]), "", "a failed task leased");
+    // One that no window reads any more goes with the old starts when they are forgotten.
+    redis.cli(&["RPUSH", &keys::starts("oldbad"), "garbage", &format!("{}:t0", now - 5000)]);
+    let rule = SlotRule { windows: vec![(1, 1000)], now_ms: Some(now), ..SlotRule::default() };
+    stored(store.reserve(&new_task("t1", "oldbad"), &rule, lease).await.expect("reserve past an old malformed start"));
+    assert_eq!(redis.cli(&["LRANGE", &keys::starts("oldbad"), "0", "-1"]), format!("{now}:t1"));
 }
 
 /// Versions before the starts list kept a user's starts in a zset under the same key: the

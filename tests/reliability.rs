@@ -130,9 +130,9 @@ async fn a_frozen_redis_gets_503_within_two_seconds_and_then_recovers() {
         assert!(Instant::now() < deadline, "no recovery after SIGCONT");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A 503 stored nothing: the batch that was in Redis's socket when it froze did not run
-    // when it woke (the client dropped that connection at its timeout), so a client that
-    // retries gets its task run once, not twice.
+    // A 503 stored nothing: the batch that was in Redis's socket when it froze was refused
+    // when Redis woke, past its give-up time, so a client that retries gets its task run
+    // once, not twice.
     use sluice::store::keys;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for user in ["x", "y"] {

@@ -144,7 +144,7 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
         Ok(reply) => reply.map_err(StoreError::from),
         Err(_) => {
             let tasks = batch.iter().map(|p| (p.task_id.clone(), p.user_id.clone())).collect();
-            tokio::spawn(undo_late_answer(conn.clone(), timeout, call, tasks));
+            tokio::spawn(undo_late_answer(conn.clone(), timeout, call, Unresolved(tasks)));
             Err(StoreError::no_answer(timeout))
         }
     };
@@ -187,32 +187,57 @@ impl Orphan {
     }
 }
 
+/// The tasks (id, user) of a batch that timed out, whose callers were answered 503 while
+/// Redis may yet store them. Logged if dropped before the late answer settles them (the
+/// worker stopping first).
+struct Unresolved(Vec<(String, String)>);
+
+impl Unresolved {
+    fn log(&self, what: &str) {
+        let ids: Vec<&str> = self.0.iter().map(|(id, _)| id.as_str()).collect();
+        tracing::error!(
+            task_ids = ?ids,
+            "a reservation batch that timed out {what}: these tasks may be stored and run though their callers were answered 503"
+        );
+    }
+}
+
+impl Drop for Unresolved {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            self.log("was still unanswered when the worker stopped");
+        }
+    }
+}
+
 /// Wait for the answer of a batch that timed out (its callers were answered 503), and
 /// cancel what it stored.
 async fn undo_late_answer(
     conn: ConnectionManager,
     timeout: Duration,
     call: RedisFuture<'static, Vec<i64>>,
-    tasks: Vec<(String, String)>,
+    mut pending: Unresolved,
 ) {
-    let values = match tokio::time::timeout(LATE_ANSWER_WAIT, call).await {
-        Ok(Ok(values)) if values.len() == 3 * tasks.len() => values,
+    let answer = tokio::time::timeout(LATE_ANSWER_WAIT, call).await;
+    let n = pending.0.len();
+    let values = match answer {
+        Ok(Ok(values)) if values.len() == 3 * n => values,
         // Refused by Redis (past the give-up time, full): nothing stored.
-        Ok(Err(e)) if e.code().is_some() => return,
+        Ok(Err(e)) if e.code().is_some() => {
+            pending.0.clear();
+            return;
+        }
         other => {
-            let what = match other {
-                Ok(Ok(values)) => format!("{} values for {} tasks", values.len(), tasks.len()),
-                Ok(Err(e)) => format!("the error {e}"),
-                Err(_) => "no answer".to_owned(),
-            };
-            tracing::error!(
-                tasks = tasks.len(),
-                "a reservation batch that timed out got {what} within {} s: its tasks may be stored and run though their callers were answered 503",
-                LATE_ANSWER_WAIT.as_secs()
-            );
+            pending.log(&match other {
+                Ok(Ok(values)) => format!("got {} values for {n} tasks", values.len()),
+                Ok(Err(e)) => format!("got the error {e}"),
+                Err(_) => format!("got no answer within {} s", LATE_ANSWER_WAIT.as_secs()),
+            });
+            pending.0.clear();
             return;
         }
     };
+    let tasks = std::mem::take(&mut pending.0);
     let stored = tasks
         .into_iter()
         .zip(values.chunks_exact(3))

@@ -25,8 +25,9 @@
 -- 3 = failed (slot and now 0): a command on the task's keys raised an error, which names
 -- data this script did not write (a malformed start entry, a key of another type) and
 -- goes to Redis's log. A failure is the task's own: the batch's other tasks are decided
--- and answered as if it had not been in it. (The checks that can fail run before the
--- task's first write, except for a task or due key of another type.)
+-- and answered as if it had not been in it, and the failed task wrote nothing (every
+-- command that can fail runs before its first write; see the writes in reserve()).
+-- The same error for every task, Redis refusing writes at maxmemory, refuses the batch.
 -- Numbers go to redis.call as text written once with %d: Redis writes a Lua number
 -- argument with %.17g (glibc's float formatting) at every call it is passed to, which
 -- was about 5% of Redis's CPU under `just bench`. The other way, Lua 5.1 reads every
@@ -110,7 +111,7 @@ local function reserve(k, a, n)
         local nth = last_start
         if limit_text ~= '1' then
           nth = redis.call('LINDEX', starts, '-' .. limit_text)
-          nth = nth and start_of(nth)
+          nth = nth and (start_of(nth) or error('malformed start entry in ' .. starts))
         end
         if nth then slot = math.max(slot, nth + window) end
       end
@@ -122,6 +123,20 @@ local function reserve(k, a, n)
   end
 
   local slot_text = int(slot)
+  -- The writes, the one that can fail first: an HSET on a task key of another type fails
+  -- before anything of the task is written. (A ZADD fails only on a due index or lease
+  -- set of another type, where no task can be stored at all; the task's record is then
+  -- left behind.) The starts and the bucket take any data.
+  -- A task's state is where it is: leased (running), in the due index (queued), or
+  -- completed (the ack writes its times); the record itself never says.
+  redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot_text, 'created_at', now_text)
+  local status = 2
+  if slot <= now then
+    status = 1
+    redis.call('ZADD', lease, int(now + tonumber(ARGV[a + 5])), ARGV[a])
+  else
+    redis.call('ZADD', due, slot_text, ARGV[a])
+  end
   if n > 0 then
     redis.call('RPUSH', starts, slot_text .. ':' .. ARGV[a])
     -- The list must outlive its newest start's longest window. Checked on every task, as
@@ -136,10 +151,11 @@ local function reserve(k, a, n)
     -- Forget starts that left every window once per longest-window period of the user's
     -- starts, not on every task: a period holds at most its window's limit of starts, so
     -- the list stays small in between. (Only memory depends on this, never a decision.)
+    -- An entry this script did not write counts as old here: it goes with the old ones.
     if last_start and math.floor(slot / max_window) > math.floor(last_start / max_window) then
       local old, horizon = 0, now - max_window
       for _, entry in ipairs(redis.call('LRANGE', starts, '0', '-1')) do
-        if start_of(entry) > horizon then break end
+        if (start_of(entry) or horizon) > horizon then break end
         old = old + 1
       end
       if old > 0 then redis.call('LTRIM', starts, int(old), '-1') end
@@ -149,15 +165,7 @@ local function reserve(k, a, n)
     local new_tat = math.max(tat, slot) + interval
     redis.call('SET', bucket, int(new_tat), 'PX', int(new_tat - now))
   end
-  -- A task's state is where it is: leased (running), in the due index (queued), or
-  -- completed (the ack writes its times); the record itself never says.
-  redis.call('HSET', task, 'user_id', ARGV[a + 1], 'payload', ARGV[a + 2], 'run_at', slot_text, 'created_at', now_text)
-  if slot <= now then
-    redis.call('ZADD', lease, int(now + tonumber(ARGV[a + 5])), ARGV[a])
-    return 1, slot, now
-  end
-  redis.call('ZADD', due, slot_text, ARGV[a])
-  return 2, slot, now
+  return status, slot, now
 end
 
 local out = {}
@@ -168,8 +176,11 @@ for k = 3, #KEYS, 3 do
   if not ok then
     local message = type(status) == 'table' and status.err or tostring(status)
     -- At maxmemory Redis refuses a script's first write, so nothing is written yet: the
-    -- whole batch is refused, as Redis is full, not this task's data wrong.
-    if string.sub(message, 1, 4) == 'OOM ' then return redis.error_reply(message) end
+    -- whole batch is refused, as Redis is full, not this task's data wrong. (Redis 7 says
+    -- 'OOM command not allowed ...', Redis 6 the same after a '@user_script: N: -'.)
+    if string.find(message, 'OOM command not allowed', 1, true) then
+      return redis.error_reply('OOM command not allowed when used memory > maxmemory')
+    end
     redis.log(redis.LOG_WARNING, 'reserve.lua: task ' .. ARGV[a] .. ' failed: ' .. message)
     status, slot, now = 3, 0, 0
   end
