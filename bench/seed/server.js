@@ -1,9 +1,14 @@
 // The seed's design, for comparison under `just bench`: Node cluster + Express +
 // rate-limiter-flexible on Redis. One process per core; per user 1 task a second and 20 a
-// minute (two RateLimiterRedis); a task over a limit is answered 202 and retried in this
-// process when the limiter says (setTimeout), as RateLimiterQueue does; each run appends a
-// completion line. What it lacks by design: the minute is a fixed window, not a sliding
-// one, and a queued task lives in one process's memory (a crash loses it).
+// minute (two RateLimiterRedis); each run appends a completion line. A task over a limit
+// is answered 202 and queued, by SEED_QUEUE:
+// - `memory` (the default): retried in this process when the limiter says, by a timer of
+//   its own (RateLimiterQueue would keep one queue per user; here a user's queued tasks
+//   run in no fixed order); a crash loses it;
+// - `bullmq`: added to a BullMQ queue in the same Redis as a job delayed by as long, which
+//   the workers' BullMQ Worker runs then, after asking the limiter again (and delays again
+//   when it refuses): queued tasks survive a crash, as Sluice's do.
+// Either way the minute is a fixed window, not a sliding one.
 'use strict';
 const cluster = require('node:cluster');
 const os = require('node:os');
@@ -25,6 +30,7 @@ if (cluster.isPrimary) {
   const second = new RateLimiterRedis({ storeClient: redis, keyPrefix: 's', points: 1, duration: 1 });
   const minute = new RateLimiterRedis({ storeClient: redis, keyPrefix: 'm', points: 20, duration: 60 });
   const log = fs.openSync(process.env.SEED_LOG, 'a');
+  const queue = process.env.SEED_QUEUE === 'bullmq' ? bullmq() : memory();
 
   // Both limits or neither: the second is given back when the minute refuses.
   async function take(user) {
@@ -50,15 +56,33 @@ if (cluster.isPrimary) {
     return now;
   }
 
-  function retry(task, wait) {
-    setTimeout(async () => {
+  // Each queue is a function that takes a task to run after `wait` ms, once the limiter agrees.
+  function memory() {
+    const later = (task, wait) => setTimeout(async () => {
       try {
         const again = await take(task.user_id);
-        if (again > 0) retry(task, again); else run(task);
+        if (again > 0) later(task, again); else run(task);
       } catch (e) {
-        retry(task, 1000);
+        later(task, 1000);
       }
     }, wait);
+    return async (task, wait) => later(task, wait);
+  }
+
+  function bullmq() {
+    const { Queue, Worker, DelayedError } = require('bullmq');
+    const connection = { path: process.env.SEED_REDIS, maxRetriesPerRequest: null };
+    const tasks = new Queue('tasks', { connection });
+    new Worker('tasks', async (job, token) => {
+      const again = await take(job.data.user_id);
+      if (again > 0) {
+        await job.moveToDelayed(Date.now() + again, token);
+        throw new DelayedError();
+      }
+      run(job.data);
+    }, { connection, concurrency: 50 });
+    const options = { removeOnComplete: true, removeOnFail: 1000 };
+    return (task, wait) => tasks.add('task', task, { ...options, delay: wait, jobId: task.task_id });
   }
 
   const app = express();
@@ -73,7 +97,7 @@ if (cluster.isPrimary) {
         const at = run(task);
         return res.status(200).json({ status: 'completed', task_id: task.task_id, user_id: user, started_at: at, completed_at: at });
       }
-      retry(task, wait);
+      await queue(task, wait);
       return res.status(202).json({ status: 'queued', task_id: task.task_id, user_id: user, run_at: Date.now() + wait });
     } catch (e) {
       return res.status(503).json({ error: String(e) });

@@ -50,7 +50,7 @@ async fn bench() -> anyhow::Result<()> {
         "  each on a fresh Redis and Sluice after a 3 s warm-up, then reserve.lua alone (redis-benchmark, twice),"
     );
     println!(
-        "  each paired with the seed's design under the same load (bench/seed: Node cluster + Express + rate-limiter-flexible)"
+        "  each beside the seed's design under the same load (bench/seed: Node cluster + Express + rate-limiter-flexible), queued tasks in memory and in BullMQ"
     );
     let load = Load {
         port: 0,
@@ -62,21 +62,28 @@ async fn bench() -> anyhow::Result<()> {
         keep_queued: false,
         seed: 1,
     };
-    let (mut rounds, mut seed_rounds) = (Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
+    let mut seed_rounds: HashMap<SeedQueue, Vec<serde_json::Value>> = HashMap::new();
     for round in 0..runs {
         let dir = scratch.join(format!("round{round}"));
         let full = Load { seed: 7 + round as u64, ..load };
-        // Which of the pair goes first alternates, as with the floor below.
+        // Whether Sluice or the seed's design goes first alternates, as with the floor below.
         let seed_first = round % 2 == 1;
-        let seed = if seed_first { Some(seed_round(&dir.join("seed"), workers, full).await?) } else { None };
+        let mut seeds = Vec::new();
+        if seed_first {
+            for queue in SeedQueue::ALL {
+                seeds.push((queue, seed_round(&dir.join(queue.name()), workers, full, queue).await?));
+            }
+        }
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let full_sluice = Load { port: sluice.port, ..full };
         let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), full_sluice).await?;
         drop((sluice, redis));
-        let seed = match seed {
-            Some(seed) => seed,
-            None => seed_round(&dir.join("seed"), workers, full).await?,
-        };
+        if !seed_first {
+            for queue in SeedQueue::ALL {
+                seeds.push((queue, seed_round(&dir.join(queue.name()), workers, full, queue).await?));
+            }
+        }
         let ceiling = reserve_ceiling(&dir.join("ceiling"), users, CeilingTasks::New)?;
         let overwriting = reserve_ceiling(&dir.join("ceiling-overwriting"), users, CeilingTasks::Overwritten)?;
         let rps = summary["rps"].as_f64().unwrap_or(0.0);
@@ -84,15 +91,19 @@ async fn bench() -> anyhow::Result<()> {
         summary["share_of_reserve_lua_alone"] = json!(round2(rps / ceiling));
         summary["reserve_lua_alone_overwriting_per_s"] = json!(overwriting.round());
         summary["share_of_reserve_lua_alone_overwriting"] = json!(round2(rps / overwriting));
-        summary["over_seed_rps"] = json!(round2(rps / seed["rps"].as_f64().unwrap_or(f64::NAN)));
+        for (queue, seed) in &seeds {
+            summary[format!("over_{}_rps", queue.name())] =
+                json!(round2(rps / seed["rps"].as_f64().unwrap_or(f64::NAN)));
+        }
         forget(&dir);
         println!("  round {}: {}", round + 1, summary);
-        println!("  seed {}{}: {}", round + 1, if seed_first { " (ran first)" } else { "" }, seed);
+        for (queue, seed) in seeds {
+            println!("  {} {}{}: {}", queue.name(), round + 1, if seed_first { " (ran first)" } else { "" }, seed);
+            seed_rounds.entry(queue).or_default().push(seed);
+        }
         rounds.push(summary);
-        seed_rounds.push(seed);
     }
     let median = median_by(&rounds, "rps");
-    let seed_median = median_by(&seed_rounds, "rps");
     let half_rate = median["rps"].as_f64().unwrap_or(0.0) / 2.0;
     // As many rounds as at full rate, each on fresh processes: one 10 s window's p99
     // moves by 2x between identical runs here, with the AOF rewrite and the second-by-second
@@ -128,20 +139,24 @@ async fn bench() -> anyhow::Result<()> {
     println!("  {queue}");
     std::fs::remove_dir_all(&scratch).ok();
 
-    let report = json!({
+    let mut report = json!({
         "machine": { "cores": workers, "note": "load generator, Redis and Sluice share the machine" },
         "command": "just bench",
         "paced_req_per_s": rate,
         "throughput_rounds": rounds,
         "throughput_median": median,
-        "seed_rounds": seed_rounds,
-        "seed": seed_median,
+
         "half_peak_rounds": half_rounds,
         "half_peak": half_summary,
         "floor_rounds": floor_rounds,
         "floor": floor_summary,
         "queue": queue,
     });
+    for queue in SeedQueue::ALL {
+        let kept = seed_rounds.remove(&queue).unwrap_or_default();
+        report[queue.name()] = median_by(&kept, "rps");
+        report[format!("{}_rounds", queue.name())] = json!(kept);
+    }
     print_table(&report);
     let out_dir = root.join("bench-results");
     std::fs::create_dir_all(&out_dir)?;
@@ -238,11 +253,43 @@ async fn floor_round(dir: &std::path::Path, workers: usize, load: Load) -> anyho
     Ok(summary)
 }
 
+/// Where the seed's design keeps a task over the limit (`SEED_QUEUE` of `bench/seed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SeedQueue {
+    /// A timer in the worker's memory.
+    Memory,
+    /// A delayed BullMQ job in Redis.
+    Bullmq,
+}
+
+impl SeedQueue {
+    const ALL: [Self; 2] = [Self::Memory, Self::Bullmq];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "seed_memory",
+            Self::Bullmq => "seed_bullmq",
+        }
+    }
+
+    fn env(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Bullmq => "bullmq",
+        }
+    }
+}
+
 /// The seed's design (`bench/seed`) under the full-rate load, on a fresh Redis, warmed up
 /// and measured as Sluice is: what Sluice replaces, in the same minutes.
-async fn seed_round(dir: &std::path::Path, workers: usize, load: Load) -> anyhow::Result<serde_json::Value> {
+async fn seed_round(
+    dir: &std::path::Path,
+    workers: usize,
+    load: Load,
+    queue: SeedQueue,
+) -> anyhow::Result<serde_json::Value> {
     let redis = Redis::start(dir)?;
-    let seed = Seed::start(&redis, dir, workers)?;
+    let seed = Seed::start(&redis, dir, workers, queue.env())?;
     let load = Load { port: seed.port, ..load };
     warm_up(load).await?;
     let summary = measured("seed", &redis, &seed.pids(), Some(&seed.task_log), load).await?;
@@ -454,20 +501,22 @@ fn print_table(r: &serde_json::Value) {
             );
         }
     }
-    let s = &r["seed"];
-    println!(
-        "| the seed's design under the same load (Node cluster + Express + rate-limiter-flexible), median round: req/s; p50 / p99 ms; errors | {}; {} / {}; {} |",
-        s["rps"], s["p50_ms"], s["p99_ms"], s["errors"]
-    );
-    println!(
-        "| Sluice's req/s over the seed's, each round pair (seed's req/s) | {} |",
-        rounds(r, "throughput_rounds")
-            .iter()
-            .zip(rounds(r, "seed_rounds"))
-            .map(|(x, s)| format!("{} ({})", x["over_seed_rps"], s["rps"]))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    );
+    for (queue, kept) in [(SeedQueue::Memory, "in memory"), (SeedQueue::Bullmq, "in BullMQ")] {
+        let s = &r[queue.name()];
+        println!(
+            "| the seed's design, queued tasks {kept}, same load: req/s; p50 / p99 ms; CPU s per 1,000 req, its processes / its Redis; errors | {}; {} / {}; {} / {}; {} |",
+            s["rps"], s["p50_ms"], s["p99_ms"], s["seed_cpu_s_per_1000"], s["redis_cpu_s_per_1000"], s["errors"]
+        );
+        println!(
+            "| Sluice's req/s over it, each round (its req/s) | {} |",
+            rounds(r, "throughput_rounds")
+                .iter()
+                .zip(rounds(r, &format!("{}_rounds", queue.name())))
+                .map(|(x, s)| format!("{} ({})", x[format!("over_{}_rps", queue.name())], s["rps"]))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
     let h = &r["half_peak"];
     println!(
         "| at half of that rate, median round by p99: p50 / p99 ms (AOF rewrites meanwhile); p99 of each round | {} / {} ({}); {} |",

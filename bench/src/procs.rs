@@ -168,8 +168,8 @@ impl Drop for Floor {
 }
 
 /// The seed's design (`bench/seed/server.js`: Node cluster + Express +
-/// rate-limiter-flexible), one worker per core behind a primary that exits when its stdin
-/// closes; each worker exits with the primary.
+/// rate-limiter-flexible; `queue` is its `SEED_QUEUE`), one worker per core behind a primary
+/// that exits when its stdin closes; each worker exits with the primary.
 #[derive(Debug)]
 pub struct Seed {
     child: Child,
@@ -178,7 +178,7 @@ pub struct Seed {
 }
 
 impl Seed {
-    pub fn start(redis: &Redis, dir: &Path, workers: usize) -> anyhow::Result<Self> {
+    pub fn start(redis: &Redis, dir: &Path, workers: usize, queue: &str) -> anyhow::Result<Self> {
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("seed");
         anyhow::ensure!(
             app.join("node_modules").is_dir(),
@@ -192,6 +192,7 @@ impl Seed {
             .env("SEED_REDIS", &redis.socket)
             .env("SEED_WORKERS", workers.to_string())
             .env("SEED_LOG", &task_log)
+            .env("SEED_QUEUE", queue)
             .stdin(Stdio::piped())
             .spawn()
             .context("starting node (the seed's design needs Node.js)")?;
@@ -211,12 +212,12 @@ impl Seed {
 
 impl Drop for Seed {
     fn drop(&mut self) {
-        let workers = children_of(self.child.id());
+        // The workers first, while the primary still holds their pids.
+        for pid in children_of(self.child.id()) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in workers {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
     }
 }
 
