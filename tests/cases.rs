@@ -348,7 +348,7 @@ async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: 
     let blocker = std::thread::spawn(move || {
         std::process::Command::new("redis-cli").arg("-s").arg(socket).args(["EVAL", busy, "0"]).output()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_busy(redis);
     let lease = Duration::from_secs(60);
     let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
     let first = tokio::spawn({
@@ -364,6 +364,26 @@ async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: 
     assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1", "the busy script ran");
     // The stalled batches run, or are refused, as Redis wakes; give a cancel a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Wait until Redis has stopped answering (the busy script runs): a `PING` on a fresh
+/// connection goes unanswered for 50 ms. (A fixed sleep for redis-cli to start the script
+/// was a race on a loaded machine.)
+fn wait_until_busy(redis: &RedisServer) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "Redis never became busy");
+        let mut conn = std::os::unix::net::UnixStream::connect(redis.socket()).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        conn.write_all(b"PING\r\n").expect("ping");
+        let mut reply = [0u8; 16];
+        match conn.read(&mut reply) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return,
+            Err(e) => panic!("ping: {e}"),
+        }
+    }
 }
 
 /// A caller that gave up on its reservation (and answered 503) finds nothing of it stored,
