@@ -66,7 +66,7 @@ if (cluster.isPrimary) {
         later(task, 1000);
       }
     }, wait);
-    return async (task, wait) => later(task, wait);
+    return later;
   }
 
   function bullmq() {

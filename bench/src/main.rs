@@ -69,20 +69,13 @@ async fn bench() -> anyhow::Result<()> {
         let full = Load { seed: 7 + round as u64, ..load };
         // Whether Sluice or the seed's design goes first alternates, as with the floor below.
         let seed_first = round % 2 == 1;
-        let mut seeds = Vec::new();
-        if seed_first {
-            for queue in SeedQueue::ALL {
-                seeds.push((queue, seed_round(&dir.join(queue.name()), workers, full, queue).await?));
-            }
-        }
+        let mut seeds = if seed_first { seed_rounds_beside(&dir, workers, full).await? } else { Vec::new() };
         let (redis, sluice) = setup.warmed_up(&dir, load).await?;
         let full_sluice = Load { port: sluice.port, ..full };
         let mut summary = measured("sluice", &redis, &sluice.workers(), Some(&sluice.task_log), full_sluice).await?;
         drop((sluice, redis));
         if !seed_first {
-            for queue in SeedQueue::ALL {
-                seeds.push((queue, seed_round(&dir.join(queue.name()), workers, full, queue).await?));
-            }
+            seeds = seed_rounds_beside(&dir, workers, full).await?;
         }
         let ceiling = reserve_ceiling(&dir.join("ceiling"), users, CeilingTasks::New)?;
         let overwriting = reserve_ceiling(&dir.join("ceiling-overwriting"), users, CeilingTasks::Overwritten)?;
@@ -145,7 +138,6 @@ async fn bench() -> anyhow::Result<()> {
         "paced_req_per_s": rate,
         "throughput_rounds": rounds,
         "throughput_median": median,
-
         "half_peak_rounds": half_rounds,
         "half_peak": half_summary,
         "floor_rounds": floor_rounds,
@@ -265,19 +257,31 @@ enum SeedQueue {
 impl SeedQueue {
     const ALL: [Self; 2] = [Self::Memory, Self::Bullmq];
 
-    fn name(self) -> &'static str {
-        match self {
-            Self::Memory => "seed_memory",
-            Self::Bullmq => "seed_bullmq",
-        }
-    }
-
+    /// Its `SEED_QUEUE`.
     fn env(self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Bullmq => "bullmq",
         }
     }
+
+    /// Its name in the report.
+    fn name(self) -> String {
+        format!("seed_{}", self.env())
+    }
+}
+
+/// A [`seed_round`] of each queue, under their names.
+async fn seed_rounds_beside(
+    dir: &std::path::Path,
+    workers: usize,
+    load: Load,
+) -> anyhow::Result<Vec<(SeedQueue, serde_json::Value)>> {
+    let mut seeds = Vec::new();
+    for queue in SeedQueue::ALL {
+        seeds.push((queue, seed_round(&dir.join(queue.name()), workers, load, queue).await?));
+    }
+    Ok(seeds)
 }
 
 /// The seed's design (`bench/seed`) under the full-rate load, on a fresh Redis, warmed up

@@ -48,9 +48,8 @@ pub(super) const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// takes them (the due index and lease set go once per batch), and where its answer goes.
 pub(super) struct Pending {
     keys: [String; 3],
+    /// The task id first, then its user (see [`ids`]).
     args: Vec<Vec<u8>>,
-    task_id: String,
-    user_id: String,
     /// When its caller gives up, unix ms on Redis's clock, if the clock is aligned.
     give_up_ms: Option<i64>,
     reply: oneshot::Sender<Result<Reserved, StoreError>>,
@@ -85,9 +84,15 @@ impl Pending {
             args.write_arg_fmt(window_ms);
         }
         let (reply, answer) = oneshot::channel();
-        let (task_id, user_id) = (task.task_id.clone(), task.user_id.clone());
-        (Self { keys, args, task_id, user_id, give_up_ms, reply }, answer)
+        (Self { keys, args, give_up_ms, reply }, answer)
     }
+}
+
+/// A reservation's task id and user, read back from its first two arguments: wanted only
+/// when what it stored must be undone, so not copied for every reservation.
+fn ids(args: &[Vec<u8>]) -> (String, String) {
+    let text = |arg: &[u8]| String::from_utf8_lossy(arg).into_owned();
+    (text(&args[0]), text(&args[1]))
 }
 
 /// Start the task that batches and sends reservations; it ends when every sender is gone.
@@ -143,7 +148,7 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
         Ok(Err(e)) if e.code() == Some(GIVEN_UP) => return Err(e.into()),
         Ok(reply) => reply.map_err(StoreError::from),
         Err(_) => {
-            let tasks = batch.iter().map(|p| (p.task_id.clone(), p.user_id.clone())).collect();
+            let tasks = batch.iter().map(|p| ids(&p.args)).collect();
             tokio::spawn(undo_late_answer(conn.clone(), timeout, call, Unresolved(tasks)));
             Err(StoreError::no_answer(timeout))
         }
@@ -154,7 +159,7 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
                 // Stored, but its caller has given up: undo it once the others are answered.
                 if let Err(Ok(reserved)) = pending.reply.send(decode(v[0], v[1], v[2])) {
-                    orphans.extend(Orphan::of(pending.task_id, pending.user_id, reserved));
+                    orphans.extend(Orphan::of(ids(&pending.args), reserved));
                 }
             }
             if !orphans.is_empty() {
@@ -180,34 +185,32 @@ struct Orphan {
 }
 
 impl Orphan {
-    /// What `reserved` stored, if anything.
-    fn of(task_id: String, user_id: String, reserved: Reserved) -> Option<Self> {
+    /// What `reserved` stored for the task `(id, user)`, if anything.
+    fn of((task_id, user_id): (String, String), reserved: Reserved) -> Option<Self> {
         let slot_ms = reserved.stored_slot()?;
         Some(Self { task_id, user_id, slot_ms, queued: matches!(reserved, Reserved::Queued { .. }) })
     }
 }
 
 /// The tasks (id, user) of a batch that timed out, whose callers were answered 503 while
-/// Redis may yet store them. Logged if dropped before the late answer settles them (the
-/// worker stopping first).
+/// Redis may yet store them: logged if dropped before the late answer is read (the worker
+/// stopping first).
 struct Unresolved(Vec<(String, String)>);
-
-impl Unresolved {
-    fn log(&self, what: &str) {
-        let ids: Vec<&str> = self.0.iter().map(|(id, _)| id.as_str()).collect();
-        tracing::error!(
-            task_ids = ?ids,
-            "a reservation batch that timed out {what}: these tasks may be stored and run though their callers were answered 503"
-        );
-    }
-}
 
 impl Drop for Unresolved {
     fn drop(&mut self) {
         if !self.0.is_empty() {
-            self.log("was still unanswered when the worker stopped");
+            log_unresolved(&self.0, "was still unanswered when the worker stopped");
         }
     }
+}
+
+fn log_unresolved(tasks: &[(String, String)], what: &str) {
+    let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
+    tracing::error!(
+        task_ids = ?ids,
+        "a reservation batch that timed out {what}: these tasks may be stored and run though their callers were answered 503"
+    );
 }
 
 /// Wait for the answer of a batch that timed out (its callers were answered 503), and
@@ -219,30 +222,22 @@ async fn undo_late_answer(
     mut pending: Unresolved,
 ) {
     let answer = tokio::time::timeout(LATE_ANSWER_WAIT, call).await;
-    let n = pending.0.len();
-    let values = match answer {
-        Ok(Ok(values)) if values.len() == 3 * n => values,
-        // Refused by Redis (past the give-up time, full): nothing stored.
-        Ok(Err(e)) if e.code().is_some() => {
-            pending.0.clear();
-            return;
-        }
-        other => {
-            pending.log(&match other {
-                Ok(Ok(values)) => format!("got {} values for {n} tasks", values.len()),
-                Ok(Err(e)) => format!("got the error {e}"),
-                Err(_) => format!("got no answer within {} s", LATE_ANSWER_WAIT.as_secs()),
-            });
-            pending.0.clear();
-            return;
-        }
-    };
     let tasks = std::mem::take(&mut pending.0);
-    let stored = tasks
-        .into_iter()
-        .zip(values.chunks_exact(3))
-        .filter_map(|((task_id, user_id), v)| Orphan::of(task_id, user_id, decode(v[0], v[1], v[2]).ok()?));
-    cancel_orphans(conn, timeout, stored.collect()).await;
+    let what = match answer {
+        Ok(Ok(values)) if values.len() == 3 * tasks.len() => {
+            let stored = tasks
+                .into_iter()
+                .zip(values.chunks_exact(3))
+                .filter_map(|(ids, v)| Orphan::of(ids, decode(v[0], v[1], v[2]).ok()?));
+            return cancel_orphans(conn, timeout, stored.collect()).await;
+        }
+        // Refused by Redis (past the give-up time, full): nothing stored.
+        Ok(Err(e)) if e.code().is_some() => return,
+        Ok(Ok(values)) => format!("got {} values for {} tasks", values.len(), tasks.len()),
+        Ok(Err(e)) => format!("got the error {e}"),
+        Err(_) => format!("got no answer within {} s", LATE_ANSWER_WAIT.as_secs()),
+    };
+    log_unresolved(&tasks, &what);
 }
 
 /// Cancel reservations stored for callers that had given up.
