@@ -93,6 +93,21 @@ async fn bad_input_gets_a_4xx_with_a_json_error() {
     assert!(read_log(&svc.log_path()).is_empty(), "no bad request may run a task");
 }
 
+/// A valid body near the 64 KiB limit whose payload is multi-byte text is decided like
+/// any other: the policy's fuel grows with the request it reads (its UTF-8 check alone
+/// took more than a decision's million units for 60 KB of Cyrillic).
+#[tokio::test]
+async fn a_large_multibyte_payload_is_decided_like_any_other() {
+    let redis = RedisServer::start();
+    let svc = Service::start(&redis, &dist_dir(), "default").await;
+    let body = format!(r#"{{"user_id":"yuri","payload":"{}"}}"#, "ж".repeat(32_000));
+    assert!(body.len() < 64 * 1024);
+    let (status, json) = svc.post_json(&body).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let (status, json) = svc.post_json(&body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+}
+
 #[tokio::test]
 async fn health_readiness_and_policies() {
     let redis = RedisServer::start();

@@ -311,8 +311,9 @@ async fn a_cancel_frees_its_own_start_only() {
         slots.push(stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve")).0);
     }
     assert_eq!(slots, [BASE_MS, BASE_MS, BASE_MS + 1000], "two share the first start");
+    let c2 = Reserved::Admitted { slot_ms: BASE_MS, now_ms: BASE_MS };
     for _ in 0..2 {
-        store.cancel("c2", "ca", BASE_MS).await.expect("cancel");
+        assert!(store.cancel("c2", "ca", c2).await.expect("cancel"), "an admitted task is always undone");
         let want = [format!("{BASE_MS}:c1"), format!("{}:c3", BASE_MS + 1000)];
         assert_eq!(redis.cli(&["LRANGE", &key, "0", "-1"]), want.join("\n"));
         assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("c2")]), "0");
@@ -326,29 +327,54 @@ async fn a_cancel_frees_its_own_start_only() {
     redis.cli(&["ZADD", &key, &(BASE_MS - 500).to_string(), "z-old"]);
     let task = new_task("z1", "cz");
     let rule = SlotRule { bucket: Some((1000, 1)), now_ms: Some(BASE_MS), ..SlotRule::default() };
-    let (slot, _) = stored(store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve"));
-    store.cancel("z1", "cz", slot).await.expect("cancel beside an old zset");
+    let reserved = store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve");
+    assert!(store.cancel("z1", "cz", reserved).await.expect("cancel beside an old zset"));
     assert_eq!(redis.cli(&["ZRANGE", &key, "0", "-1"]), "z-old");
     assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("z1")]), "0");
 }
 
+/// A queued task a consumer claimed before its cancel came is running: the cancel leaves
+/// it, and its start, as they are (forgetting a start that happened would let the user
+/// start again too soon), and says so.
+#[tokio::test]
+async fn a_cancel_leaves_a_claimed_task_and_its_start() {
+    use sluice::store::keys;
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    // Starts in 2001 by the test's clock: long due by Redis's.
+    let past = 1_000_000_000_000;
+    let rule = SlotRule { windows: vec![(1, 1000)], now_ms: Some(past), ..SlotRule::default() };
+    let lease = Duration::from_secs(60);
+    stored(store.reserve(&new_task("k1", "ck"), &rule, lease).await.expect("reserve"));
+    let queued = store.reserve(&new_task("k2", "ck"), &rule, lease).await.expect("reserve");
+    assert!(matches!(queued, Reserved::Queued { slot_ms, .. } if slot_ms == past + 1000), "{queued:?}");
+    // (k1's lease, 60 s from 2001, has run out too: it is claimed again beside k2.)
+    let claim = store.claim(16, lease).await.expect("claim");
+    assert!(claim.tasks.iter().any(|t| t.task_id == "k2"), "{:?}", claim.tasks);
+    assert!(!store.cancel("k2", "ck", queued).await.expect("cancel"), "a claimed task was undone");
+    let starts = redis.cli(&["LRANGE", &keys::starts("ck"), "0", "-1"]);
+    assert_eq!(starts, format!("{past}:k1\n{}:k2", past + 1000));
+    assert_eq!(redis.cli(&["EXISTS", &keys::task("k2")]), "1");
+    assert_ne!(redis.cli(&["ZSCORE", keys::LEASE, "k2"]), "", "its lease is gone");
+    // Still queued (not claimed yet), a task is undone.
+    let queued = store.reserve(&new_task("k3", "ck"), &rule, lease).await.expect("reserve");
+    assert!(matches!(queued, Reserved::Queued { .. }), "{queued:?}");
+    assert!(store.cancel("k3", "ck", queued).await.expect("cancel"));
+    assert_eq!(redis.cli(&["EXISTS", &keys::task("k3")]), "0");
+    assert_eq!(redis.cli(&["ZSCORE", keys::DUE, "k3"]), "");
+}
+
 /// Keep Redis busy for 2 s with a script while two reservations, one window each, come in
-/// 200 ms apart on `store` (timeout 1 s), the first 300 ms into the stall: the first one's
-/// batch goes out at once and times out at 1.3 s; the second waits behind it, goes out
-/// then, and is answered when Redis wakes at 2 s, after its own caller gave up at 1.5 s.
-/// Both callers get `Unavailable`.
+/// 200 ms apart on `store` (timeout 1 s), from the start of the stall: the first one's
+/// batch goes out at once and times out at 1 s; the second waits behind it, goes out then,
+/// and is answered when Redis wakes at 2 s, after its own caller gave up at 1.2 s. Both
+/// callers get `Unavailable`.
 async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: &NewTask) {
     // Connected, and the script loaded, before Redis stalls.
     let warm = new_task(format!("{}-warm", first.task_id), "warm");
     store.reserve(&warm, &SlotRule::default(), Duration::from_secs(60)).await.expect("warm-up");
     redis.cli(&["DEL", &sluice::store::keys::task(&warm.task_id)]);
-    let busy = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
-                until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 2000000 return 1";
-    let socket = redis.socket();
-    let blocker = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli").arg("-s").arg(socket).args(["EVAL", busy, "0"]).output()
-    });
-    wait_until_busy(redis);
+    let blocker = redis.stall(2_000);
     let lease = Duration::from_secs(60);
     let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
     let first = tokio::spawn({
@@ -360,30 +386,9 @@ async fn stall_two(redis: &RedisServer, store: &Store, first: &NewTask, second: 
     assert!(matches!(second, Err(StoreError::Unavailable(_))), "{second:?}");
     let first = first.await.expect("task");
     assert!(matches!(first, Err(StoreError::Unavailable(_))), "{first:?}");
-    let ran = blocker.join().expect("thread").expect("redis-cli");
-    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1", "the busy script ran");
+    assert!(blocker.join().expect("thread"), "the busy script did not run");
     // The stalled batches run, or are refused, as Redis wakes; give a cancel a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-/// Wait until Redis has stopped answering (the busy script runs): a `PING` on a fresh
-/// connection goes unanswered for 50 ms. (A fixed sleep for redis-cli to start the script
-/// was a race on a loaded machine.)
-fn wait_until_busy(redis: &RedisServer) {
-    use std::io::{Read, Write};
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "Redis never became busy");
-        let mut conn = std::os::unix::net::UnixStream::connect(redis.socket()).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        conn.write_all(b"PING\r\n").expect("ping");
-        let mut reply = [0u8; 16];
-        match conn.read(&mut reply) {
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return,
-            Err(e) => panic!("ping: {e}"),
-        }
-    }
 }
 
 /// A caller that gave up on its reservation (and answered 503) finds nothing of it stored,

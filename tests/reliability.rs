@@ -173,6 +173,58 @@ async fn submissions_whose_clients_hung_up_still_count_against_max_in_flight() {
     assert!(body["error"].as_str().is_some_and(|e| e.contains("overloaded")), "not shed: {body}");
 }
 
+/// A body still on its way is not a submission: a client that sends its headers and then
+/// trickles (or withholds) its body costs its own connection a 408, not a `MAX_IN_FLIGHT`
+/// slot that others are then shed for.
+#[tokio::test]
+async fn a_body_still_on_its_way_takes_no_in_flight_slot() {
+    use axum::body::{Body, Bytes};
+    use futures_util::StreamExt;
+    let redis = RedisServer::start();
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &[("MAX_IN_FLIGHT", "1")]).await;
+    let trickle = futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{")) })
+        .chain(futures_util::stream::pending());
+    let slow = axum::http::Request::post("/task")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(trickle))
+        .expect("request");
+    let slow = svc.respond(slow);
+    tokio::pin!(slow);
+    // The slow request is polled first, so it reads its first byte before the other comes.
+    let (status, body) = tokio::select! {
+        biased;
+        _ = &mut slow => panic!("a body that never ends was answered within the test"),
+        answer = svc.post_task("prompt") => answer,
+    };
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A claim that Redis answers only after `REDIS_TIMEOUT_MS` (it stalled) is still taken:
+/// its tasks run when Redis wakes, not a lease later, leased to a worker that had stopped
+/// listening.
+#[tokio::test]
+async fn tasks_due_during_a_stall_run_when_redis_wakes() {
+    let redis = RedisServer::start();
+    let env = [("REDIS_TIMEOUT_MS", "500"), ("LEASE_MS", "5000")];
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &env).await;
+    assert_eq!(svc.post_task("stalled").await.0, StatusCode::OK);
+    // short-window allows 1 per 200 ms: this one is due 200 ms from now, within the stall.
+    let (status, body) = svc.post_task("stalled").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task_id = body["task_id"].as_str().expect("task_id").to_owned();
+    let run_at = body["run_at"].as_i64().expect("run_at");
+    let blocker = redis.stall(1_500);
+    let ran = tokio::task::spawn_blocking(move || blocker.join().expect("thread")).await.expect("join");
+    assert!(ran, "the busy script did not run");
+    let view = crate::support::eventually(Duration::from_secs(10), "the queued task to run", || {
+        let log = read_log(&svc.log_path());
+        log.into_iter().find(|c| c.task_id == task_id)
+    })
+    .await;
+    let late = view.started_at - run_at;
+    assert!(late < 2_500, "ran {late} ms after its start: its claim was lost in the stall");
+}
+
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_do_not_hold_the_worker() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

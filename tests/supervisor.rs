@@ -116,3 +116,41 @@ async fn a_missing_policy_module_stops_the_start_naming_its_path() {
     assert!(output.contains("POLICY \"missing\"") && output.contains("missing.wasm"), "{output}");
     assert!(!output.contains("worker started"), "no worker may start:\n{output}");
 }
+
+/// A worker sent SIGTERM on its own (an operator's `kill`) drains, exits and is replaced;
+/// its stdin, the supervisor's pipe, stays open and must not keep it from exiting.
+#[tokio::test]
+async fn a_worker_terminated_alone_exits_and_is_replaced() {
+    let redis = RedisServer::start();
+    let sluice = Spawned::start(&redis, &dist_dir(), "default", 2);
+    let pids = sluice.wait_for_workers(2).await;
+    signal(pids[0], "TERM");
+    let termed_at = Instant::now();
+    loop {
+        let now = children_of(sluice.child.id());
+        if now.len() == 2 && !now.contains(&pids[0]) {
+            break;
+        }
+        assert!(termed_at.elapsed() < Duration::from_secs(8), "worker not gone and replaced:\n{}", sluice.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pids[0]), "the terminated worker is still running");
+    assert_eq!(sluice.wait_for_workers(2).await.len(), 2);
+}
+
+/// A completion log that cannot be opened, or a port that cannot be listened on, stops the
+/// start with the variable named, instead of workers restarting for ever.
+#[tokio::test]
+async fn an_unusable_task_log_or_port_stops_the_start() {
+    let redis = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    for (env, named) in
+        [(vec![("TASK_LOG", "/nonexistent-dir/tasks.jsonl")], "TASK_LOG"), (vec![("PORT", port.as_str())], "PORT")]
+    {
+        let mut sluice = Spawned::start_with(&redis, &dist_dir(), "default", 1, &env);
+        let status = sluice.wait_exit(Duration::from_secs(10)).await;
+        assert!(!status.success(), "{named}: exited {status}");
+        assert!(sluice.output().contains(named), "{named} not named:\n{}", sluice.output());
+    }
+}

@@ -94,6 +94,44 @@ impl RedisServer {
         let out = Command::new("redis-cli").arg("-s").arg(self.socket()).args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+
+    /// Keep Redis busy with a script for `ms` from about now, as a stalled Redis is:
+    /// returns once it has stopped answering; the thread ends with the script, answering
+    /// whether it ran.
+    pub fn stall(&self, ms: u64) -> std::thread::JoinHandle<bool> {
+        let busy = format!(
+            "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
+             until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > {} return 1",
+            ms * 1000
+        );
+        let socket = self.socket();
+        let blocker = std::thread::spawn(move || {
+            let out = Command::new("redis-cli").arg("-s").arg(socket).args(["EVAL", &busy, "0"]).output();
+            out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+        });
+        self.wait_until_busy();
+        blocker
+    }
+
+    /// Wait until Redis has stopped answering (the busy script runs): a `PING` on a fresh
+    /// connection goes unanswered for 50 ms. (A fixed sleep for redis-cli to start the
+    /// script was a race on a loaded machine.)
+    fn wait_until_busy(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "Redis never became busy");
+            let mut conn = std::os::unix::net::UnixStream::connect(self.socket()).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            conn.write_all(b"PING\r\n").expect("ping");
+            let mut reply = [0u8; 16];
+            match conn.read(&mut reply) {
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return,
+                Err(e) => panic!("ping: {e}"),
+            }
+        }
+    }
 }
 
 impl Drop for RedisServer {
@@ -273,10 +311,10 @@ impl Spawned {
         let dir = TempDir::new("bin");
         let port = free_port();
         let mut env = env_for(redis, &dir, policy_src, policy);
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.insert("WORKERS".into(), workers.to_string());
         env.insert("PORT".into(), port.to_string());
         env.insert("BIND".into(), "127.0.0.1".into());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = std::fs::File::create(dir.path().join("sluice.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .envs(&env)

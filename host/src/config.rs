@@ -64,7 +64,8 @@ impl Config {
         redis::Client::open(redis_url.as_str())
             .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
         Ok(Self {
-            port: parse(&get, "PORT", 3000)?,
+            // 0 would have each worker listen on a port of its own, none of them known.
+            port: parse_in(&get, "PORT", 3000, 1..=u16::MAX)?,
             bind: parse(&get, "BIND", std::net::IpAddr::from([0, 0, 0, 0]))?,
             redis_url,
             workers,
@@ -131,6 +132,7 @@ mod tests {
     fn bad_values_fail_with_the_key_named() {
         for (key, value) in [
             ("PORT", "70000"),
+            ("PORT", "0"),
             ("WORKERS", "0"),
             ("POLICY", "../x"),
             ("LEASE_MS", "abc"),

@@ -39,7 +39,12 @@ fn run_worker(config: Config, id: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let threads = (cores / config.workers.get()).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
-    runtime.block_on(sluice::worker::run(config, id, true))
+    let result = runtime.block_on(sluice::worker::run(config, id, true));
+    // Not waiting for blocking threads: the one reading stdin (the supervisor's pipe,
+    // still open when this worker alone got SIGTERM) cannot be cancelled, and waiting for
+    // it kept a drained worker alive and unreplaced.
+    runtime.shutdown_background();
+    result
 }
 
 fn run_supervisor(config: &Config) -> anyhow::Result<()> {

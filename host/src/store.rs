@@ -183,16 +183,21 @@ impl Store {
         }
     }
 
-    /// Undo a reservation that reserved the start `slot_ms` (`cancel.lua`).
-    pub async fn cancel(&self, task_id: &str, user_id: &str, slot_ms: i64) -> Result<(), StoreError> {
-        cancel(&self.conn, self.timeout, task_id, user_id, slot_ms).await.map(drop)
+    /// Undo what `reserved` stored for the task (`cancel.lua`); whether it is undone. A task
+    /// stored queued that a consumer claimed first runs, and is left as it is: `false`.
+    pub async fn cancel(&self, task_id: &str, user_id: &str, reserved: Reserved) -> Result<bool, StoreError> {
+        cancel(&self.conn, self.timeout, task_id, user_id, reserved).await
     }
 
-    /// Claim up to `max` due tasks and lease them (`claim.lua`).
+    /// Claim up to `max` due tasks and lease them for `lease` (`claim.lua`). Waited for up
+    /// to half the lease, not `REDIS_TIMEOUT_MS`: nobody is answered 503 on a claim, and one
+    /// that Redis runs after its caller stopped listening (a Redis stalled past the timeout)
+    /// leaves its tasks leased to nobody until the lease runs out.
     pub async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, StoreError> {
         let mut inv = CLAIM.prepare_invoke();
         inv.key(keys::DUE).key(keys::LEASE).arg(max).arg(lease.as_millis() as u64).arg(keys::TASK_PREFIX);
-        let reply: Vec<redis::Value> = self.run(async |c| inv.invoke_async(c).await).await?;
+        let wait = self.timeout.max(lease / 2);
+        let reply: Vec<redis::Value> = run_on(&self.conn, wait, async |c| inv.invoke_async(c).await).await?;
         parse_claim(reply)
     }
 
@@ -288,19 +293,21 @@ async fn run_on<T: redis::FromRedisValue>(
     }
 }
 
-/// [`Store::cancel`]; whether the task was still queued.
+/// [`Store::cancel`].
 async fn cancel(
     conn: &ConnectionManager,
     timeout: Duration,
     task_id: &str,
     user_id: &str,
-    slot_ms: i64,
+    reserved: Reserved,
 ) -> Result<bool, StoreError> {
+    let queued = matches!(reserved, Reserved::Queued { .. });
+    let Some(slot_ms) = reserved.stored_slot() else { return Ok(true) };
     let mut inv = CANCEL.prepare_invoke();
     inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
-    inv.arg(task_id).arg(slot_ms);
-    let queued: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
-    Ok(queued == 1)
+    inv.arg(task_id).arg(slot_ms).arg(if queued { "1" } else { "0" });
+    let undone: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
+    Ok(undone == 1)
 }
 
 /// [`Store::time_ms`].

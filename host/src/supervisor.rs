@@ -3,6 +3,7 @@
 //! and waits. Each worker's stdin is a pipe from here; closing it is the stop request,
 //! and it closes by itself if the supervisor dies, so workers never outlive it.
 
+use anyhow::Context;
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +52,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         config.policy.as_str(),
         module.display()
     );
+    // What every worker needs at start and no restart could fix: stop with the variable
+    // named instead of restarting workers that each fail the same way.
+    crate::completion_log::CompletionLog::open(&config.task_log)
+        .with_context(|| format!("TASK_LOG {}: cannot open it for appending", config.task_log.display()))?;
+    let addr = std::net::SocketAddr::new(config.bind, config.port);
+    drop(crate::worker::bind_shared(addr).with_context(|| format!("BIND and PORT: cannot listen on {addr}"))?);
     let exe = std::env::current_exe()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

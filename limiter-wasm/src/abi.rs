@@ -73,10 +73,12 @@
 //! call and answers 503 itself.
 //!
 //! ## Limits the host enforces
-//! Fuel ([`FUEL_PER_DECISION`] units, roughly one per wasm instruction), of which each
-//! host call takes its share too: [`FUEL_PER_RESERVE`] for `reserve` and `reserve_bucket`
-//! whatever they answer (each may be a Redis script call), [`FUEL_PER_LOG`] for `log`. So
-//! a decision makes fewer than ten reservation attempts and fifty log lines, and a policy
+//! Fuel ([`decision_fuel`]: [`FUEL_PER_DECISION`] units, roughly one per wasm instruction,
+//! and [`FUEL_PER_REQUEST_BYTE`] per byte of the request), of which each host call takes
+//! its share too: [`FUEL_PER_RESERVE`] for `reserve` and `reserve_bucket` whatever they
+//! answer (each may be a Redis script call), [`FUEL_PER_LOG`] for `log`. So a decision
+//! makes fewer than ten reservation attempts and fifty log lines per million units (a
+//! request at the 64 KiB body limit brings about two million more), and a policy
 //! that retries in a loop runs out of fuel instead of hammering Redis or the log. Linear
 //! memory up to [`MAX_MEMORY_BYTES`], tables up to [`MAX_TABLE_ELEMENTS`] entries, no
 //! imports besides the table above (no WASI: no files, no network, no clock but
@@ -142,8 +144,18 @@ pub const MAX_WINDOW_MS: u64 = 86_400_000;
 pub const MAX_DELAY_MS: u64 = 86_400_000;
 /// Longest reason or log message the host reads.
 pub const MAX_REASON_LEN: usize = 1024;
-/// Fuel granted to one decision.
+/// Fuel granted to one decision, besides [`FUEL_PER_REQUEST_BYTE`] for its request.
 pub const FUEL_PER_DECISION: u64 = 1_000_000;
+/// Fuel granted to a decision per byte of its request record, for reading it: the SDK's
+/// decoding checks the text is UTF-8, about 2.5 units a byte of ASCII and up to 25 a byte
+/// of multi-byte text, so a 64 KiB payload in Cyrillic alone took more than
+/// [`FUEL_PER_DECISION`]. A valid request must never run a policy out of fuel by its size.
+pub const FUEL_PER_REQUEST_BYTE: u64 = 32;
+
+/// The fuel a decision on a request record of `len` bytes gets.
+pub const fn decision_fuel(len: usize) -> u64 {
+    FUEL_PER_DECISION + FUEL_PER_REQUEST_BYTE * len as u64
+}
 /// Fuel one `reserve` or `reserve_bucket` call takes: a tenth of a decision's.
 pub const FUEL_PER_RESERVE: u64 = FUEL_PER_DECISION / 10;
 /// Fuel one `log` call takes: a fiftieth of a decision's.

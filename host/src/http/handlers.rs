@@ -31,9 +31,11 @@ struct TaskRequest<'a> {
 /// `POST /task`: decide, then run, queue or refuse.
 pub async fn post_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
     require_json(&headers)?;
-    let permit = state.in_flight.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
     let bytes = read_body(body).await?;
     let submission = parse_submission(&bytes)?;
+    // Taken once the body is in: a client still sending it (or never) holds its own
+    // connection, up to BODY_TIMEOUT, and no slot another submission is shed for.
+    let permit = state.in_flight.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
     let user_id = submission.user_id.as_str().to_owned();
     let producer = state.producer.clone();
     // The permit goes with the submission, which finishes even if the client hangs up: a

@@ -220,7 +220,7 @@ impl Policy {
         data.call = call;
         data.reserved = None;
         data.failure = None;
-        instance.store.set_fuel(FUEL_PER_DECISION).map_err(trap)?;
+        instance.store.set_fuel(abi::decision_fuel(request.len())).map_err(trap)?;
         let result = self.call_guest(instance, request).await;
         match (result, instance.store.data_mut().failure.take()) {
             (_, Some(store_error)) => Err(PolicyError::Store(store_error)),

@@ -146,9 +146,17 @@ impl Producer {
     }
 
     async fn cancel(&self, task: &NewTask, reserved: Reserved) {
-        let Some(slot_ms) = reserved.stored_slot() else { return };
-        if let Err(e) = self.runner.store.cancel(&task.task_id, &task.user_id, slot_ms).await {
-            tracing::error!(task_id = %task.task_id, "could not cancel the reservation of a failed decision; the task may still run: {e}");
+        let task_id = &task.task_id;
+        match self.runner.store.cancel(task_id, &task.user_id, reserved).await {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                %task_id,
+                "the reservation of a failed decision was claimed before its cancel: the task runs though its caller was refused"
+            ),
+            Err(e) => tracing::error!(
+                %task_id,
+                "could not cancel the reservation of a failed decision; the task may still run: {e}"
+            ),
         }
     }
 }

@@ -179,16 +179,14 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
 struct Orphan {
     task_id: String,
     user_id: String,
-    slot_ms: i64,
-    /// Stored queued (in the due index), not admitted (leased to this worker).
-    queued: bool,
+    reserved: Reserved,
 }
 
 impl Orphan {
     /// What `reserved` stored for the task `(id, user)`, if anything.
     fn of((task_id, user_id): (String, String), reserved: Reserved) -> Option<Self> {
-        let slot_ms = reserved.stored_slot()?;
-        Some(Self { task_id, user_id, slot_ms, queued: matches!(reserved, Reserved::Queued { .. }) })
+        reserved.stored_slot()?;
+        Some(Self { task_id, user_id, reserved })
     }
 }
 
@@ -242,13 +240,11 @@ async fn undo_late_answer(
 
 /// Cancel reservations stored for callers that had given up.
 async fn cancel_orphans(conn: ConnectionManager, timeout: Duration, orphans: Vec<Orphan>) {
-    for Orphan { task_id, user_id, slot_ms, queued } in orphans {
-        match super::cancel(&conn, timeout, &task_id, &user_id, slot_ms).await {
-            Ok(was_queued) if was_queued || !queued => {
-                tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled");
-            }
-            Ok(_) => {
-                tracing::error!(%task_id, "a task stored after its caller gave up was claimed before its cancel: it may have run")
+    for Orphan { task_id, user_id, reserved } in orphans {
+        match super::cancel(&conn, timeout, &task_id, &user_id, reserved).await {
+            Ok(true) => tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled"),
+            Ok(false) => {
+                tracing::error!(%task_id, "a task stored after its caller gave up was claimed before its cancel: it runs")
             }
             Err(e) => {
                 tracing::error!(%task_id, "a task stored after its caller gave up could not be cancelled; it will run: {e}")
