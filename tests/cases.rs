@@ -10,7 +10,7 @@ use sluice::completion_log::Completion;
 use sluice::store::{NewTask, Reserved, SlotRule, Store, StoreError};
 use sluice::task::TaskState;
 
-use crate::support::RedisServer;
+use crate::support::{LossyProxy, RedisServer, eventually};
 
 /// Cases use small times; the script sees them shifted to a realistic unix time.
 const BASE_MS: i64 = 1_800_000_000_000;
@@ -313,7 +313,10 @@ async fn a_cancel_frees_its_own_start_only() {
     assert_eq!(slots, [BASE_MS, BASE_MS, BASE_MS + 1000], "two share the first start");
     let c2 = Reserved::Admitted { slot_ms: BASE_MS, now_ms: BASE_MS };
     for _ in 0..2 {
-        assert!(store.cancel("c2", "ca", c2).await.expect("cancel"), "an admitted task is always undone");
+        assert!(
+            store.cancel("c2", "ca", c2, Duration::from_secs(60)).await.expect("cancel"),
+            "an admitted task holding its own lease is undone"
+        );
         let want = [format!("{BASE_MS}:c1"), format!("{}:c3", BASE_MS + 1000)];
         assert_eq!(redis.cli(&["LRANGE", &key, "0", "-1"]), want.join("\n"));
         assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("c2")]), "0");
@@ -328,14 +331,14 @@ async fn a_cancel_frees_its_own_start_only() {
     let task = new_task("z1", "cz");
     let rule = SlotRule { bucket: Some((1000, 1)), now_ms: Some(BASE_MS), ..SlotRule::default() };
     let reserved = store.reserve(&task, &rule, Duration::from_secs(60)).await.expect("reserve");
-    assert!(store.cancel("z1", "cz", reserved).await.expect("cancel beside an old zset"));
+    assert!(store.cancel("z1", "cz", reserved, Duration::from_secs(60)).await.expect("cancel beside an old zset"));
     assert_eq!(redis.cli(&["ZRANGE", &key, "0", "-1"]), "z-old");
     assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("z1")]), "0");
 }
 
-/// A queued task a consumer claimed before its cancel came is running: the cancel leaves
-/// it, and its start, as they are (forgetting a start that happened would let the user
-/// start again too soon), and says so.
+/// A task a consumer claimed before its cancel came (queued, or admitted and its lease run
+/// out) is running: the cancel leaves it, and its start, as they are (forgetting a start
+/// that happened would let the user start again too soon), and says so.
 #[tokio::test]
 async fn a_cancel_leaves_a_claimed_task_and_its_start() {
     use sluice::store::keys;
@@ -351,7 +354,9 @@ async fn a_cancel_leaves_a_claimed_task_and_its_start() {
     // (k1's lease, 60 s from 2001, has run out too: it is claimed again beside k2.)
     let claim = store.claim(16, lease).await.expect("claim");
     assert!(claim.tasks.iter().any(|t| t.task_id == "k2"), "{:?}", claim.tasks);
-    assert!(!store.cancel("k2", "ck", queued).await.expect("cancel"), "a claimed task was undone");
+    assert!(!store.cancel("k2", "ck", queued, lease).await.expect("cancel"), "a claimed task was undone");
+    let k1 = Reserved::Admitted { slot_ms: past, now_ms: past };
+    assert!(!store.cancel("k1", "ck", k1, lease).await.expect("cancel"), "a task claimed again was undone");
     let starts = redis.cli(&["LRANGE", &keys::starts("ck"), "0", "-1"]);
     assert_eq!(starts, format!("{past}:k1\n{}:k2", past + 1000));
     assert_eq!(redis.cli(&["EXISTS", &keys::task("k2")]), "1");
@@ -359,7 +364,7 @@ async fn a_cancel_leaves_a_claimed_task_and_its_start() {
     // Still queued (not claimed yet), a task is undone.
     let queued = store.reserve(&new_task("k3", "ck"), &rule, lease).await.expect("reserve");
     assert!(matches!(queued, Reserved::Queued { .. }), "{queued:?}");
-    assert!(store.cancel("k3", "ck", queued).await.expect("cancel"));
+    assert!(store.cancel("k3", "ck", queued, lease).await.expect("cancel"));
     assert_eq!(redis.cli(&["EXISTS", &keys::task("k3")]), "0");
     assert_eq!(redis.cli(&["ZSCORE", keys::DUE, "k3"]), "");
 }
@@ -435,4 +440,50 @@ async fn a_stepped_clock_costs_one_refused_batch() {
     assert!(matches!(&refused, Err(StoreError::Unavailable(e)) if e.contains("TIMEDOUT")), "{refused:?}");
     assert_eq!(redis.cli(&["EXISTS", &sluice::store::keys::task("s1")]), "0");
     stored(store.reserve(&new_task("s2", "stepped"), &SlotRule::default(), lease).await.expect("realigned"));
+}
+
+/// A reservation whose answer was lost (the connection broke after Redis ran it: Redis
+/// dying just then, say) is answered 503, and what it stored is cancelled once Redis
+/// answers again, so a client's retry cannot run the task twice.
+#[tokio::test]
+async fn a_reservation_whose_answer_was_lost_leaves_nothing_stored() {
+    use sluice::store::keys;
+    let redis = RedisServer::start();
+    let proxy = LossyProxy::start(&redis);
+    let store = Store::new(&proxy.url(), Duration::from_secs(1)).expect("store");
+    let lease = Duration::from_secs(60);
+    let rule = SlotRule { windows: vec![(1, 1000)], ..SlotRule::default() };
+    stored(store.reserve(&new_task("l0", "lost"), &rule, lease).await.expect("warm-up"));
+    proxy.lose_next_reply();
+    // Queued a second after l0, by a script Redis runs and whose answer never arrives.
+    let lost = store.reserve(&new_task("l1", "lost"), &rule, lease).await;
+    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    eventually(Duration::from_secs(5), "the task whose answer was lost to be cancelled", || {
+        (redis.cli(&["EXISTS", &keys::task("l1")]) == "0").then_some(())
+    })
+    .await;
+    assert_eq!(redis.cli(&["ZSCORE", keys::DUE, "l1"]), "", "l1 is still queued");
+    let starts = redis.cli(&["LRANGE", &keys::starts("lost"), "0", "-1"]);
+    assert!(starts.ends_with(":l0"), "a start of l1 is kept: {starts}");
+    // The store serves on, over a new connection; an admitted task whose answer is lost
+    // is cancelled too.
+    stored(store.reserve(&new_task("l2", "lost"), &rule, lease).await.expect("after the lost answer"));
+    proxy.lose_next_reply();
+    assert!(store.reserve(&new_task("l3", "lost-3"), &rule, lease).await.is_err());
+    eventually(Duration::from_secs(5), "the admitted task whose answer was lost to be cancelled", || {
+        (redis.cli(&["EXISTS", &keys::task("l3")]) == "0").then_some(())
+    })
+    .await;
+    assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "l3"]), "", "l3 is still leased");
+    // Admitted, then claimed by a consumer after its lease ran out (Redis was away longer):
+    // it runs, so the question about its lost answer leaves it as it is.
+    stored(store.reserve(&new_task("l4", "lost-4"), &rule, Duration::from_millis(1)).await.expect("reserve"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claim = store.claim(16, lease).await.expect("claim");
+    assert!(claim.tasks.iter().any(|t| t.task_id == "l4"), "{:?}", claim.tasks);
+    let cancel = include_str!("../host/src/store/lua/cancel.lua");
+    let (starts, task) = (keys::starts("lost-4"), keys::task("l4"));
+    let found = redis.cli(&["EVAL", cancel, "4", &starts, &task, keys::DUE, keys::LEASE, "l4", "0", "?", "1"]);
+    assert_eq!(found, "0", "a task a consumer runs was undone");
+    assert_eq!(redis.cli(&["EXISTS", &task]), "1");
 }

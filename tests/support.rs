@@ -134,6 +134,76 @@ impl RedisServer {
     }
 }
 
+/// A unix-socket proxy in front of a Redis that, once told to, closes a client's
+/// connection instead of passing on the next reply: an answer lost after Redis ran the
+/// command, as when Redis dies just after running it.
+pub struct LossyProxy {
+    dir: TempDir,
+    lose_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    pub fn start(redis: &RedisServer) -> Self {
+        let dir = TempDir::new("proxy");
+        let listener = tokio::net::UnixListener::bind(dir.path().join("proxy.sock")).expect("bind");
+        let target = redis.socket();
+        let lose_next = std::sync::Arc::default();
+        let accept = tokio::spawn({
+            let lose_next = std::sync::Arc::clone(&lose_next);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if let Ok(server) = tokio::net::UnixStream::connect(&target).await {
+                        tokio::spawn(Self::relay(client, server, std::sync::Arc::clone(&lose_next)));
+                    }
+                }
+            }
+        });
+        Self { dir, lose_next, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.dir.path().join("proxy.sock").display())
+    }
+
+    /// Close the connection that the next reply comes on, instead of passing the reply on.
+    pub fn lose_next_reply(&self) {
+        self.lose_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn relay(
+        client: tokio::net::UnixStream,
+        server: tokio::net::UnixStream,
+        lose_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let up = tokio::io::copy(&mut from_client, &mut to_server);
+        let down = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = from_server.read(&mut buf).await?;
+                if n == 0 || lose_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    return Ok::<_, std::io::Error>(());
+                }
+                to_client.write_all(&buf[..n]).await?;
+            }
+        };
+        // Whichever side ends first, both connections close as the halves drop.
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+        }
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

@@ -40,10 +40,11 @@ fn run_worker(config: Config, id: usize) -> anyhow::Result<()> {
     let threads = (cores / config.workers.get()).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
     let result = runtime.block_on(sluice::worker::run(config, id, true));
-    // Not waiting for blocking threads: the one reading stdin (the supervisor's pipe,
+    // Not waiting long for blocking threads: the one reading stdin (the supervisor's pipe,
     // still open when this worker alone got SIGTERM) cannot be cancelled, and waiting for
-    // it kept a drained worker alive and unreplaced.
-    runtime.shutdown_background();
+    // it kept a drained worker alive and unreplaced. A moment is left for the tasks still
+    // there to be dropped (a late-answer waiter logs what it leaves unsettled).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }
 

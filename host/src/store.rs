@@ -183,20 +183,30 @@ impl Store {
         }
     }
 
-    /// Undo what `reserved` stored for the task (`cancel.lua`); whether it is undone. A task
-    /// stored queued that a consumer claimed first runs, and is left as it is: `false`.
-    pub async fn cancel(&self, task_id: &str, user_id: &str, reserved: Reserved) -> Result<bool, StoreError> {
-        cancel(&self.conn, self.timeout, task_id, user_id, reserved).await
+    /// Undo what `reserved`, made with `lease`, stored for the task (`cancel.lua`); whether
+    /// it is undone. A task a consumer claimed first (queued, or admitted and its lease run
+    /// out) runs, and is left as it is: `false`.
+    pub async fn cancel(
+        &self,
+        task_id: &str,
+        user_id: &str,
+        reserved: Reserved,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let undo = Undo::Answered(reserved);
+        let cancelled = cancel(&self.conn, self.timeout, task_id, user_id, undo, lease.as_millis() as i64).await?;
+        Ok(cancelled != Cancelled::Claimed)
     }
 
     /// Claim up to `max` due tasks and lease them for `lease` (`claim.lua`). Waited for up
-    /// to half the lease, not `REDIS_TIMEOUT_MS`: nobody is answered 503 on a claim, and one
-    /// that Redis runs after its caller stopped listening (a Redis stalled past the timeout)
-    /// leaves its tasks leased to nobody until the lease runs out.
+    /// to half the lease (at least `REDIS_TIMEOUT_MS`, at most [`reserver::LATE_ANSWER_WAIT`],
+    /// as long as the connection waits), not `REDIS_TIMEOUT_MS`: nobody is answered 503 on a
+    /// claim, and one that Redis runs after its caller stopped listening (a Redis stalled
+    /// past the timeout) leaves its tasks leased to nobody until the lease runs out.
     pub async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, StoreError> {
         let mut inv = CLAIM.prepare_invoke();
         inv.key(keys::DUE).key(keys::LEASE).arg(max).arg(lease.as_millis() as u64).arg(keys::TASK_PREFIX);
-        let wait = self.timeout.max(lease / 2);
+        let wait = self.timeout.max(lease / 2).min(reserver::LATE_ANSWER_WAIT);
         let reply: Vec<redis::Value> = run_on(&self.conn, wait, async |c| inv.invoke_async(c).await).await?;
         parse_claim(reply)
     }
@@ -293,21 +303,53 @@ async fn run_on<T: redis::FromRedisValue>(
     }
 }
 
-/// [`Store::cancel`].
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancelled {
+    /// What the reservation stored is gone.
+    Undone,
+    /// A consumer has claimed it: it runs, and is left as it is.
+    Claimed,
+    /// It had stored nothing.
+    NothingStored,
+}
+
+/// What a cancel is to undo.
+#[derive(Debug, Clone, Copy)]
+enum Undo {
+    /// What a reservation's answer says it stored.
+    Answered(Reserved),
+    /// Whatever a reservation whose answer was lost stored: the task's record tells.
+    Lost,
+}
+
+/// Undo what a reservation of the task, made with a lease of `lease_ms`, stored
+/// (`cancel.lua`).
 async fn cancel(
     conn: &ConnectionManager,
     timeout: Duration,
     task_id: &str,
     user_id: &str,
-    reserved: Reserved,
-) -> Result<bool, StoreError> {
-    let queued = matches!(reserved, Reserved::Queued { .. });
-    let Some(slot_ms) = reserved.stored_slot() else { return Ok(true) };
+    undo: Undo,
+    lease_ms: i64,
+) -> Result<Cancelled, StoreError> {
+    let (slot_ms, how) = match undo {
+        Undo::Lost => (0, "?"),
+        Undo::Answered(reserved) => match reserved.stored_slot() {
+            None => return Ok(Cancelled::NothingStored),
+            Some(slot) => (slot, if matches!(reserved, Reserved::Queued { .. }) { "1" } else { "0" }),
+        },
+    };
     let mut inv = CANCEL.prepare_invoke();
     inv.key(keys::starts(user_id)).key(keys::task(task_id)).key(keys::DUE).key(keys::LEASE);
-    inv.arg(task_id).arg(slot_ms).arg(if queued { "1" } else { "0" });
-    let undone: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
-    Ok(undone == 1)
+    inv.arg(task_id).arg(slot_ms).arg(how).arg(lease_ms);
+    let found: i64 = run_on(conn, timeout, async |c| inv.invoke_async(c).await).await?;
+    match found {
+        0 => Ok(Cancelled::Claimed),
+        1 => Ok(Cancelled::Undone),
+        2 => Ok(Cancelled::NothingStored),
+        other => Err(StoreError::BadReply(format!("cancel: {other}"))),
+    }
 }
 
 /// [`Store::time_ms`].

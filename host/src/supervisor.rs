@@ -57,7 +57,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     crate::completion_log::CompletionLog::open(&config.task_log)
         .with_context(|| format!("TASK_LOG {}: cannot open it for appending", config.task_log.display()))?;
     let addr = std::net::SocketAddr::new(config.bind, config.port);
-    drop(crate::worker::bind_shared(addr).with_context(|| format!("BIND and PORT: cannot listen on {addr}"))?);
+    drop(crate::worker::shared_socket(addr).with_context(|| format!("BIND and PORT: cannot listen on {addr}"))?);
     let exe = std::env::current_exe()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -111,12 +111,19 @@ pub async fn run(config: Config, worker_id: usize, supervised: bool) -> anyhow::
 
 /// Bind with `SO_REUSEPORT`, so every worker accepts on the same port without a proxy.
 pub fn bind_shared(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    Ok(shared_socket(addr)?.listen(1024)?)
+}
+
+/// A socket bound to `addr` as the workers bind it, not listening: the supervisor's check
+/// that they can (a listening one would take connections meant for another process
+/// sharing the port).
+pub fn shared_socket(addr: SocketAddr) -> anyhow::Result<TcpSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr).with_context(|| format!("binding {addr}"))?;
-    Ok(socket.listen(1024)?)
+    Ok(socket)
 }
 
 /// Cancel on SIGTERM, SIGINT, or (under a supervisor) end of stdin: the supervisor holds

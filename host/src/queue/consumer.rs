@@ -58,7 +58,12 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         if last_chores.is_none_or(|at| at.elapsed() > CHORES) && chores(&runner).await {
             last_chores = Some(round);
         }
-        let pause = match runner.store.claim(BATCH, runner.lease).await {
+        // A claim may wait up to half the lease for a stalled Redis: not past a stop.
+        let claimed = tokio::select! {
+            () = cancel.cancelled() => return,
+            claimed = runner.store.claim(BATCH, runner.lease) => claimed,
+        };
+        let pause = match claimed {
             Ok(claim) => {
                 let full = claim.tasks.len() == BATCH;
                 if let Err(e) = runner.run_all(&claim.tasks).await {

@@ -147,7 +147,7 @@ impl Producer {
 
     async fn cancel(&self, task: &NewTask, reserved: Reserved) {
         let task_id = &task.task_id;
-        match self.runner.store.cancel(task_id, &task.user_id, reserved).await {
+        match self.runner.store.cancel(task_id, &task.user_id, reserved, self.runner.lease).await {
             Ok(true) => {}
             Ok(false) => tracing::error!(
                 %task_id,

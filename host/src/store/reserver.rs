@@ -18,6 +18,9 @@
 //!   A batch that timed out here is still listened for, up to [`LATE_ANSWER_WAIT`], and
 //!   what its late answer says was stored is cancelled too. (A queued task whose start
 //!   came within that delay may have been claimed and run by then: the log says so.)
+//! - a batch whose connection broke while it was out (Redis died or restarted after
+//!   running it, say) has lost its answer: once Redis answers again, each of its tasks'
+//!   records tells what was stored, and that is cancelled.
 //!
 //! One waiting caller past its give-up time would make Redis refuse its whole batch, so
 //! it is answered 503 here instead, without being sent. The give-up time is on the
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
-use super::{NewTask, RESERVE, Reserved, SlotRule, StoreError, keys};
+use super::{Cancelled, NewTask, RESERVE, Reserved, SlotRule, StoreError, Undo, keys};
 
 /// Most reservations in one script call.
 const MAX_BATCH: usize = 64;
@@ -43,6 +46,8 @@ const REALIGN_EVERY: Duration = Duration::from_secs(1);
 /// How long the answer of a batch that timed out is still waited for, to undo what it
 /// stored. The connection waits as long (see `Store::new`); every call bounds its own wait.
 pub(super) const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How often Redis is asked again about a batch whose answer was lost, while it does not answer.
+const RETRY_LOST: Duration = Duration::from_millis(250);
 
 /// One reservation waiting for its batch: its own keys and arguments as `reserve.lua`
 /// takes them (the due index and lease set go once per batch), and where its answer goes.
@@ -93,6 +98,12 @@ impl Pending {
 fn ids(args: &[Vec<u8>]) -> (String, String) {
     let text = |arg: &[u8]| String::from_utf8_lossy(arg).into_owned();
     (text(&args[0]), text(&args[1]))
+}
+
+/// A reservation's lease, read back from its arguments. (A worker makes every reservation
+/// with the one lease it runs tasks with.)
+fn lease_ms(args: &[Vec<u8>]) -> i64 {
+    std::str::from_utf8(&args[5]).ok().and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 /// Start the task that batches and sends reservations; it ends when every sender is gone.
@@ -146,10 +157,15 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
     });
     let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, &mut call).await {
         Ok(Err(e)) if e.code() == Some(GIVEN_UP) => return Err(e.into()),
+        // The connection broke with the batch out (no error from Redis, and not a refused
+        // connection, when nothing was sent): Redis may have run it.
+        Ok(Err(e)) if e.code().is_none() && !e.is_connection_refusal() => {
+            tokio::spawn(undo_lost_answer(conn.clone(), timeout, Unresolved::of(batch)));
+            Err(e.into())
+        }
         Ok(reply) => reply.map_err(StoreError::from),
         Err(_) => {
-            let tasks = batch.iter().map(|p| ids(&p.args)).collect();
-            tokio::spawn(undo_late_answer(conn.clone(), timeout, call, Unresolved(tasks)));
+            tokio::spawn(undo_late_answer(conn.clone(), timeout, call, Unresolved::of(batch)));
             Err(StoreError::no_answer(timeout))
         }
     };
@@ -159,7 +175,7 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
             for (pending, v) in batch.drain(..).zip(values.chunks_exact(3)) {
                 // Stored, but its caller has given up: undo it once the others are answered.
                 if let Err(Ok(reserved)) = pending.reply.send(decode(v[0], v[1], v[2])) {
-                    orphans.extend(Orphan::of(ids(&pending.args), reserved));
+                    orphans.extend(Orphan::of(ids(&pending.args), reserved, lease_ms(&pending.args)));
                 }
             }
             if !orphans.is_empty() {
@@ -180,25 +196,37 @@ struct Orphan {
     task_id: String,
     user_id: String,
     reserved: Reserved,
+    lease_ms: i64,
 }
 
 impl Orphan {
-    /// What `reserved` stored for the task `(id, user)`, if anything.
-    fn of((task_id, user_id): (String, String), reserved: Reserved) -> Option<Self> {
+    /// What `reserved`, made with a lease of `lease_ms`, stored for the task `(id, user)`,
+    /// if anything.
+    fn of((task_id, user_id): (String, String), reserved: Reserved, lease_ms: i64) -> Option<Self> {
         reserved.stored_slot()?;
-        Some(Self { task_id, user_id, reserved })
+        Some(Self { task_id, user_id, reserved, lease_ms })
     }
 }
 
-/// The tasks (id, user) of a batch that timed out, whose callers were answered 503 while
-/// Redis may yet store them: logged if dropped before the late answer is read (the worker
-/// stopping first).
-struct Unresolved(Vec<(String, String)>);
+/// The tasks (id, user) of a batch that timed out or lost its answer, whose callers were
+/// answered 503 while Redis may have stored them: logged if dropped before that is settled
+/// (the worker stopping first).
+struct Unresolved {
+    tasks: Vec<(String, String)>,
+    /// The lease the batch's reservations were made with (a worker's one lease).
+    lease_ms: i64,
+}
+
+impl Unresolved {
+    fn of(batch: &[Pending]) -> Self {
+        Self { tasks: batch.iter().map(|p| ids(&p.args)).collect(), lease_ms: lease_ms(&batch[0].args) }
+    }
+}
 
 impl Drop for Unresolved {
     fn drop(&mut self) {
-        if !self.0.is_empty() {
-            log_unresolved(&self.0, "was still unanswered when the worker stopped");
+        if !self.tasks.is_empty() {
+            log_unresolved(&self.tasks, "was still unsettled when the worker stopped");
         }
     }
 }
@@ -207,7 +235,7 @@ fn log_unresolved(tasks: &[(String, String)], what: &str) {
     let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
     tracing::error!(
         task_ids = ?ids,
-        "a reservation batch that timed out {what}: these tasks may be stored and run though their callers were answered 503"
+        "a reservation batch {what}: these tasks may be stored and run though their callers were answered 503"
     );
 }
 
@@ -220,36 +248,69 @@ async fn undo_late_answer(
     mut pending: Unresolved,
 ) {
     let answer = tokio::time::timeout(LATE_ANSWER_WAIT, call).await;
-    let tasks = std::mem::take(&mut pending.0);
+    let tasks = std::mem::take(&mut pending.tasks);
     let what = match answer {
         Ok(Ok(values)) if values.len() == 3 * tasks.len() => {
             let stored = tasks
                 .into_iter()
                 .zip(values.chunks_exact(3))
-                .filter_map(|(ids, v)| Orphan::of(ids, decode(v[0], v[1], v[2]).ok()?));
+                .filter_map(|(ids, v)| Orphan::of(ids, decode(v[0], v[1], v[2]).ok()?, pending.lease_ms));
             return cancel_orphans(conn, timeout, stored.collect()).await;
         }
         // Refused by Redis (past the give-up time, full): nothing stored.
         Ok(Err(e)) if e.code().is_some() => return,
-        Ok(Ok(values)) => format!("got {} values for {} tasks", values.len(), tasks.len()),
-        Ok(Err(e)) => format!("got the error {e}"),
-        Err(_) => format!("got no answer within {} s", LATE_ANSWER_WAIT.as_secs()),
+        Ok(Ok(values)) => format!("that timed out got {} values for {} tasks", values.len(), tasks.len()),
+        Ok(Err(e)) => format!("that timed out got the error {e}"),
+        Err(_) => format!("that timed out got no answer within {} s", LATE_ANSWER_WAIT.as_secs()),
     };
     log_unresolved(&tasks, &what);
 }
 
+/// Once Redis answers again, undo what a batch whose answer was lost stored (its callers
+/// were answered 503): each task's record tells whether it was stored, and how. Tried
+/// every [`RETRY_LOST`] for up to [`LATE_ANSWER_WAIT`], then logged.
+async fn undo_lost_answer(conn: ConnectionManager, timeout: Duration, mut pending: Unresolved) {
+    let give_up = Instant::now() + LATE_ANSWER_WAIT;
+    // Each task leaves the list once settled, so the drop guard logs the rest.
+    while let Some((task_id, user_id)) = pending.tasks.last().cloned() {
+        match super::cancel(&conn, timeout, &task_id, &user_id, Undo::Lost, pending.lease_ms).await {
+            Ok(found) => {
+                log_cancelled(&task_id, found, "before its answer was lost");
+                pending.tasks.pop();
+            }
+            Err(e) if Instant::now() >= give_up => {
+                let tasks = std::mem::take(&mut pending.tasks);
+                let what = format!(
+                    "lost its answer, and Redis could not be asked within {} s: {e}",
+                    LATE_ANSWER_WAIT.as_secs()
+                );
+                return log_unresolved(&tasks, &what);
+            }
+            Err(_) => tokio::time::sleep(RETRY_LOST).await,
+        }
+    }
+}
+
 /// Cancel reservations stored for callers that had given up.
 async fn cancel_orphans(conn: ConnectionManager, timeout: Duration, orphans: Vec<Orphan>) {
-    for Orphan { task_id, user_id, reserved } in orphans {
-        match super::cancel(&conn, timeout, &task_id, &user_id, reserved).await {
-            Ok(true) => tracing::warn!(%task_id, "a task stored after its caller gave up was cancelled"),
-            Ok(false) => {
-                tracing::error!(%task_id, "a task stored after its caller gave up was claimed before its cancel: it runs")
-            }
+    for Orphan { task_id, user_id, reserved, lease_ms } in orphans {
+        match super::cancel(&conn, timeout, &task_id, &user_id, Undo::Answered(reserved), lease_ms).await {
+            Ok(found) => log_cancelled(&task_id, found, "after its caller gave up"),
             Err(e) => {
                 tracing::error!(%task_id, "a task stored after its caller gave up could not be cancelled; it will run: {e}")
             }
         }
+    }
+}
+
+/// Log what cancelling a task stored `when` (its caller answered 503) found.
+fn log_cancelled(task_id: &str, found: Cancelled, when: &str) {
+    match found {
+        Cancelled::Undone => tracing::warn!(%task_id, "a task stored {when} was cancelled"),
+        Cancelled::Claimed => {
+            tracing::error!(%task_id, "a task stored {when} was claimed before its cancel: it runs")
+        }
+        Cancelled::NothingStored => {}
     }
 }
 
