@@ -20,6 +20,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 const MIN_CLAIM_INTERVAL: Duration = Duration::from_millis(10);
 /// Pause after a failed claim (Redis unavailable).
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a claim out when the worker is told to stop is still waited for: its tasks,
+/// leased by then, would otherwise wait a lease for another worker.
+const CLAIM_AFTER_STOP: Duration = Duration::from_secs(2);
 /// How often the periodic chores run: realigning the clock with Redis and adopting an
 /// earlier version's shards (an old worker may still be running).
 const CHORES: Duration = Duration::from_secs(10);
@@ -58,9 +61,13 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         if last_chores.is_none_or(|at| at.elapsed() > CHORES) && chores(&runner).await {
             last_chores = Some(round);
         }
-        // A claim may wait up to half the lease for a stalled Redis: not past a stop.
+        // A claim may wait up to half the lease for a stalled Redis: not long past a stop.
+        let stopped = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(CLAIM_AFTER_STOP).await;
+        };
         let claimed = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = stopped => return,
             claimed = runner.store.claim(BATCH, runner.lease) => claimed,
         };
         let pause = match claimed {

@@ -93,6 +93,12 @@ impl Pending {
     }
 }
 
+/// Whether `e` says the connection broke with a call out: Redis may have run it. (Not a
+/// refused connection, when nothing was sent, nor a connect that timed out.)
+fn answer_lost(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_connection_refusal()
+}
+
 /// A reservation's task id and user, read back from its first two arguments: wanted only
 /// when what it stored must be undone, so not copied for every reservation.
 fn ids(args: &[Vec<u8>]) -> (String, String) {
@@ -157,9 +163,7 @@ async fn send(conn: &ConnectionManager, timeout: Duration, batch: &mut Vec<Pendi
     });
     let reply: Result<Vec<i64>, StoreError> = match tokio::time::timeout(timeout, &mut call).await {
         Ok(Err(e)) if e.code() == Some(GIVEN_UP) => return Err(e.into()),
-        // The connection broke with the batch out (no error from Redis, and not a refused
-        // connection, when nothing was sent): Redis may have run it.
-        Ok(Err(e)) if e.code().is_none() && !e.is_connection_refusal() => {
+        Ok(Err(e)) if answer_lost(&e) => {
             tokio::spawn(undo_lost_answer(conn.clone(), timeout, Unresolved::of(batch)));
             Err(e.into())
         }
@@ -248,6 +252,11 @@ async fn undo_late_answer(
     mut pending: Unresolved,
 ) {
     let answer = tokio::time::timeout(LATE_ANSWER_WAIT, call).await;
+    if let Ok(Err(e)) = &answer
+        && answer_lost(e)
+    {
+        return undo_lost_answer(conn, timeout, pending).await;
+    }
     let tasks = std::mem::take(&mut pending.tasks);
     let what = match answer {
         Ok(Ok(values)) if values.len() == 3 * tasks.len() => {

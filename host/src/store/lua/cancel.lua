@@ -8,11 +8,11 @@
 -- if the reservation's answer was lost: its record then says whether it was stored, with
 -- which start (ARGV[2] is not read), and how (admitted exactly when its start is its
 -- creation time); ARGV[4] the lease ms the reservation was made with.
--- Returns 1 if undone. 0 if a consumer runs the task: queued, it has left the due index
--- since; admitted, its lease ran out (its worker stalled, or Redis was away) and a
--- consumer has claimed it again. It is then left as it is, its start still counted (a
--- start forgotten after it happened would let the user start again too soon). 2 ('?'
--- only) if nothing was stored.
+-- Returns 1 if undone. 0 if a consumer runs or ran the task: queued, it has left the due
+-- index since; admitted, its lease ran out (its worker stalled, or Redis was away) and a
+-- consumer has claimed it again, or already run it. It is then left as it is, its start
+-- still counted (a start forgotten after it happened would let the user start again too
+-- soon). 2 ('?' only) if nothing was stored.
 local slot, queued = ARGV[2], ARGV[3]
 if queued == '?' then
   local record = redis.pcall('HMGET', KEYS[2], 'run_at', 'created_at')
@@ -25,6 +25,7 @@ if not was_due then
   -- Admitted at its start: its own lease ends a lease after it.
   local until_ms = redis.call('ZSCORE', KEYS[4], ARGV[1])
   if until_ms and tonumber(until_ms) ~= tonumber(slot) + tonumber(ARGV[4]) then return 0 end
+  if not until_ms and redis.call('HEXISTS', KEYS[2], 'completed_at') == 1 then return 0 end
 end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[2])
