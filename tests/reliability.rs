@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    RedisServer, Service, Spawned, TempDir, json_of, read_log, signal, task_request, test_policy_dir,
+    RedisServer, Service, Spawned, TempDir, eventually, json_of, read_log, signal, task_request, test_policy_dir,
 };
 
 /// Post `n` tasks round-robin over `users`; return the ids answered 200 or 202.
@@ -216,7 +216,7 @@ async fn tasks_due_during_a_stall_run_when_redis_wakes() {
     let blocker = redis.stall(1_500);
     let ran = tokio::task::spawn_blocking(move || blocker.join().expect("thread")).await.expect("join");
     assert!(ran, "the busy script did not run");
-    let view = crate::support::eventually(Duration::from_secs(10), "the queued task to run", || {
+    let view = eventually(Duration::from_secs(10), "the queued task to run", || {
         let log = read_log(&svc.log_path());
         log.into_iter().find(|c| c.task_id == task_id)
     })

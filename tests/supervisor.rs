@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{RedisServer, Spawned, alive, children_of, dist_dir, read_log, signal};
+use crate::support::{RedisServer, Spawned, alive, dist_dir, read_log, signal};
 
 #[tokio::test]
 async fn two_workers_serve_and_a_killed_one_is_replaced_without_losing_tasks() {
@@ -35,15 +35,7 @@ async fn two_workers_serve_and_a_killed_one_is_replaced_without_losing_tasks() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(pids[0], "KILL");
-    let killed_at = Instant::now();
-    let replaced = loop {
-        let now: Vec<u32> = children_of(sluice.child.id());
-        if now.len() == 2 && !now.contains(&pids[0]) {
-            break killed_at.elapsed();
-        }
-        assert!(killed_at.elapsed() < Duration::from_secs(3), "worker not replaced:\n{}", sluice.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let replaced = sluice.wait_replaced(pids[0], 2, Duration::from_secs(3)).await;
     assert!(replaced < Duration::from_secs(1), "replacement took {replaced:?}");
     let (acknowledged, failed) = load.await.expect("load task");
     // A request in flight on the killed worker may fail; the others keep being answered.
@@ -125,15 +117,7 @@ async fn a_worker_terminated_alone_exits_and_is_replaced() {
     let sluice = Spawned::start(&redis, &dist_dir(), "default", 2);
     let pids = sluice.wait_for_workers(2).await;
     signal(pids[0], "TERM");
-    let termed_at = Instant::now();
-    loop {
-        let now = children_of(sluice.child.id());
-        if now.len() == 2 && !now.contains(&pids[0]) {
-            break;
-        }
-        assert!(termed_at.elapsed() < Duration::from_secs(8), "worker not gone and replaced:\n{}", sluice.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sluice.wait_replaced(pids[0], 2, Duration::from_secs(8)).await;
     assert!(!alive(pids[0]), "the terminated worker is still running");
     assert_eq!(sluice.wait_for_workers(2).await.len(), 2);
 }

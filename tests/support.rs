@@ -9,6 +9,8 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -139,7 +141,7 @@ impl RedisServer {
 /// command, as when Redis dies just after running it.
 pub struct LossyProxy {
     dir: TempDir,
-    lose_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lose_next: Arc<AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -148,13 +150,13 @@ impl LossyProxy {
         let dir = TempDir::new("proxy");
         let listener = tokio::net::UnixListener::bind(dir.path().join("proxy.sock")).expect("bind");
         let target = redis.socket();
-        let lose_next = std::sync::Arc::default();
+        let lose_next = Arc::default();
         let accept = tokio::spawn({
-            let lose_next = std::sync::Arc::clone(&lose_next);
+            let lose_next = Arc::clone(&lose_next);
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if let Ok(server) = tokio::net::UnixStream::connect(&target).await {
-                        tokio::spawn(Self::relay(client, server, std::sync::Arc::clone(&lose_next)));
+                        tokio::spawn(Self::relay(client, server, Arc::clone(&lose_next)));
                     }
                 }
             }
@@ -168,14 +170,10 @@ impl LossyProxy {
 
     /// Close the connection that the next reply comes on, instead of passing the reply on.
     pub fn lose_next_reply(&self) {
-        self.lose_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.lose_next.store(true, Ordering::SeqCst);
     }
 
-    async fn relay(
-        client: tokio::net::UnixStream,
-        server: tokio::net::UnixStream,
-        lose_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) {
+    async fn relay(client: tokio::net::UnixStream, server: tokio::net::UnixStream, lose_next: Arc<AtomicBool>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = server.into_split();
@@ -184,7 +182,7 @@ impl LossyProxy {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = from_server.read(&mut buf).await?;
-                if n == 0 || lose_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                if n == 0 || lose_next.swap(false, Ordering::SeqCst) {
                     return Ok::<_, std::io::Error>(());
                 }
                 to_client.write_all(&buf[..n]).await?;
@@ -452,6 +450,20 @@ impl Spawned {
 
     pub fn signal(&self, sig: &str) {
         signal(self.child.id(), sig);
+    }
+
+    /// Wait until the worker `gone` has left and `workers` run again, within `within`;
+    /// how long that took.
+    pub async fn wait_replaced(&self, gone: u32, workers: usize, within: Duration) -> Duration {
+        let since = Instant::now();
+        loop {
+            let now = children_of(self.child.id());
+            if now.len() == workers && !now.contains(&gone) {
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < within, "worker {gone} not gone and replaced:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -265,6 +265,14 @@ impl SeedQueue {
         }
     }
 
+    /// Where it keeps a queued task, in the table.
+    fn kept(self) -> &'static str {
+        match self {
+            Self::Memory => "in memory",
+            Self::Bullmq => "in BullMQ",
+        }
+    }
+
     /// Its name in the report.
     fn name(self) -> String {
         format!("seed_{}", self.env())
@@ -505,8 +513,8 @@ fn print_table(r: &serde_json::Value) {
             );
         }
     }
-    for (queue, kept) in [(SeedQueue::Memory, "in memory"), (SeedQueue::Bullmq, "in BullMQ")] {
-        let s = &r[queue.name()];
+    for queue in SeedQueue::ALL {
+        let (s, kept) = (&r[queue.name()], queue.kept());
         println!(
             "| the seed's design, queued tasks {kept}, same load: req/s; p50 / p99 ms; CPU s per 1,000 req, its processes / its Redis; errors | {}; {} / {}; {} / {}; {} |",
             s["rps"], s["p50_ms"], s["p99_ms"], s["seed_cpu_s_per_1000"], s["redis_cpu_s_per_1000"], s["errors"]

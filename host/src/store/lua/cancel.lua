@@ -19,8 +19,7 @@ if queued == '?' then
   if record.err or not record[1] then return 2 end
   slot, queued = record[1], record[1] == record[2] and '0' or '1'
 end
-local was_due = redis.call('ZREM', KEYS[3], ARGV[1]) == 1
-if not was_due then
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
   if queued == '1' then return 0 end
   -- Admitted at its start: its own lease ends a lease after it.
   local until_ms = redis.call('ZSCORE', KEYS[4], ARGV[1])
