@@ -9,7 +9,7 @@ use sluice::completion_log::Completion;
 use sluice::store::{NewTask, Reserved, SlotRule, Store, StoreError};
 use sluice::task::TaskState;
 
-use crate::support::{LossyProxy, RedisServer, eventually};
+use crate::support::{LossyProxy, RedisServer, TempDir, eventually, read_log};
 
 /// Cases use small times; the script sees them shifted to a realistic unix time.
 const BASE_MS: i64 = 1_800_000_000_000;
@@ -143,20 +143,77 @@ async fn a_tasks_status_is_where_the_scripts_put_it() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(store.claim(0, lease).await.expect("claim").tasks.is_empty());
     assert_eq!((status("a").await, status("b").await), (Some(TaskState::Queued), Some(TaskState::Queued)));
-    // The first run of a acknowledges too late: it stays queued for its second run.
+    // a's run acknowledges too late: its lease is gone, but it ran, so the acknowledgement
+    // takes it back out of the queue instead of leaving it for a second run.
     let late = Completion { user_id: "ann", task_id: "a", started_at: 1, completed_at: 2 };
     assert_eq!(store.ack(&[late], Duration::from_secs(60)).await.expect("ack"), [false]);
-    assert_eq!(status("a").await, Some(TaskState::Queued));
+    let view = store.task("a").await.expect("read").expect("kept");
+    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(1), Some(2)));
     let claimed = store.claim(10, Duration::from_secs(5)).await.expect("claim").tasks;
     let ids: Vec<(&str, &str)> = claimed.iter().map(|t| (t.task_id.as_str(), t.user_id.as_str())).collect();
-    assert_eq!(ids, [("a", "ann"), ("b", "ann")]);
-    assert_eq!((status("a").await, status("b").await), (Some(TaskState::Running), Some(TaskState::Running)));
-
-    let done = Completion { user_id: "ann", task_id: "a", started_at: 3, completed_at: 4 };
-    assert_eq!(store.ack(&[done], Duration::from_secs(60)).await.expect("ack"), [true]);
-    let view = store.task("a").await.expect("read").expect("kept");
-    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(3), Some(4)));
+    assert_eq!(ids, [("b", "ann")]);
     assert_eq!(status("b").await, Some(TaskState::Running));
+
+    let done = Completion { user_id: "ann", task_id: "b", started_at: 3, completed_at: 4 };
+    assert_eq!(store.ack(&[done], Duration::from_secs(60)).await.expect("ack"), [true]);
+    let view = store.task("b").await.expect("read").expect("kept");
+    assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(3), Some(4)));
+}
+
+/// An acknowledgement whose answer is lost (the connection broke after Redis ran it) is
+/// retried: the task ran once, and is not left leased to run again after its lease.
+#[tokio::test]
+async fn a_lost_acknowledgement_is_retried() {
+    use sluice::completion_log::CompletionLog;
+    use sluice::queue::Runner;
+    use sluice::store::keys;
+    use sluice::task::ClaimedTask;
+    let redis = RedisServer::start();
+    let proxy = LossyProxy::start(&redis);
+    let store = Store::new(&proxy.url(), Duration::from_secs(1)).expect("store");
+    let dir = TempDir::new("ack");
+    let log_path = dir.path().join("log.jsonl");
+    let runner = Runner {
+        store: store.clone(),
+        log: std::sync::Arc::new(CompletionLog::open(&log_path).expect("log")),
+        clock: store.clock(),
+        lease: Duration::from_secs(60),
+        task_ttl: Duration::from_secs(60),
+    };
+    let reserved = store.reserve(&new_task("k1", "kate"), &SlotRule::default(), runner.lease).await;
+    let Ok(Reserved::Admitted { slot_ms, .. }) = reserved else { panic!("{reserved:?}") };
+    proxy.lose_next_reply();
+    let task = ClaimedTask { task_id: "k1".into(), user_id: "kate".into(), run_at: slot_ms };
+    runner.run(&task).await.expect("run, acknowledged by the retry");
+    assert_eq!(redis.cli(&["ZSCORE", keys::LEASE, "k1"]), "", "k1 is still leased");
+    assert_eq!(read_log(&log_path).len(), 1);
+    assert_eq!(store.task("k1").await.expect("read").map(|v| v.status), Some(TaskState::Completed));
+}
+
+/// A task record of another type (data the scripts did not write) is dropped by the
+/// claim, with a line in Redis's log; the due and expired tasks beside it are leased and
+/// returned, not lost with it (nothing rolls back a script's writes before an error).
+#[tokio::test]
+async fn a_claim_drops_a_foreign_record_and_keeps_the_rest() {
+    use sluice::store::keys;
+    let redis = RedisServer::start();
+    let store = Store::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    for id in ["f1", "f2", "f3"] {
+        redis.cli(&["HSET", &keys::task(id), "user_id", "fay", "payload", "null", "run_at", "1000"]);
+        redis.cli(&["ZADD", keys::DUE, "1000", id]);
+    }
+    // f4 was running, and its lease ran out long ago.
+    redis.cli(&["ZADD", keys::LEASE, "1000", "f4"]);
+    for id in ["f2", "f4"] {
+        redis.cli(&["DEL", &keys::task(id)]);
+        redis.cli(&["SET", &keys::task(id), "not a record"]);
+    }
+    let claimed = store.claim(10, Duration::from_secs(60)).await.expect("claim").tasks;
+    let ids: Vec<&str> = claimed.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, ["f1", "f3"]);
+    let leased = redis.cli(&["ZRANGE", keys::LEASE, "0", "-1"]);
+    assert_eq!(leased.lines().collect::<Vec<_>>(), ["f1", "f3"]);
+    assert_eq!(redis.cli(&["ZCARD", keys::DUE]), "0");
 }
 
 /// Tasks an earlier version left in its 16 shards move into the one due index and lease

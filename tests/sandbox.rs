@@ -45,6 +45,8 @@ async fn bad_modules_are_refused_and_the_last_good_version_keeps_serving() {
         ("missing export", fixture("missing_export"), "missing export sluice_decide"),
         ("foreign import", fixture("foreign_import"), "wasi_snapshot_preview1::fd_write"),
         ("trap at smoke call", fixture("always_traps"), "smoke decision failed"),
+        // Hashed, never compiled or held: 8 MiB is the most a module may be.
+        ("too large", vec![0; 9 << 20], "more than the 8388608 a policy module may have"),
     ];
     for (what, bytes, reason) in cases {
         let bad_sha = sha256(&bytes);
@@ -103,11 +105,13 @@ async fn traps_endless_loops_and_memory_bombs_are_contained_per_decision() {
         Some(()).filter(|_| registry.get(registry.active_name()).is_some_and(|p| p.sha256 == sha))
     })
     .await;
-    // Host calls take fuel too: a thousand reserve or log calls run out of it. A start a
+    // Host calls take fuel too: a thousand reserve or log calls, or two thousand clock
+    // reads, run out of it. A start a
     // policy names itself is bounded like a reservation's.
     let failing = [
         ("trap", "trapped"),
         ("loop", "ran out of fuel"),
+        ("clock", "ran out of fuel"),
         ("bomb", "trapped"),
         ("retries", "ran out of fuel"),
         ("writes", "ran out of fuel"),
@@ -122,13 +126,15 @@ async fn traps_endless_loops_and_memory_bombs_are_contained_per_decision() {
     }
     // Bad pointers, counts and windows come back to the guest as error codes (it checks them),
     // and a table grown past the limit stays as it was (twice: the instance is reused).
-    for user in ["pointers", "grows", "grows", "fine"] {
+    // An admit's reason is never read, wherever its pointer points.
+    for user in ["pointers", "grows", "grows", "admit-bad-reason", "fine"] {
         let (status, body) = svc.post_task(user).await;
         assert_eq!(status, StatusCode::OK, "{user}: {body}");
     }
-    assert!(read_log(&svc.log_path()).iter().all(|c| ["pointers", "grows", "fine"].contains(&c.user_id.as_str())));
+    let ran = ["pointers", "grows", "admit-bad-reason", "fine"];
+    assert!(read_log(&svc.log_path()).iter().all(|c| ran.contains(&c.user_id.as_str())));
     let stored = redis.cli(&["KEYS", &format!("{}*", sluice::store::keys::TASK_PREFIX)]);
-    assert_eq!(stored.lines().count(), 4, "nothing stored for the failed decisions: {stored}");
+    assert_eq!(stored.lines().count(), 5, "nothing stored for the failed decisions: {stored}");
 }
 
 /// A decision that reserves a start and then rejects or traps keeps nothing: the host

@@ -138,3 +138,24 @@ async fn an_unusable_task_log_or_port_stops_the_start() {
         assert!(sluice.output().contains(named), "{named} not named:\n{}", sluice.output());
     }
 }
+
+/// A stop while a crash-looping worker waits out its back-off ends at once: the pending
+/// replacement is dropped, not waited for (it was, for up to 5 s).
+#[tokio::test]
+async fn a_stop_during_a_crash_loops_back_off_is_prompt() {
+    let redis = RedisServer::start();
+    // A module that is there but does not load: each worker exits at start.
+    let broken = crate::support::TempDir::new("broken");
+    std::fs::write(broken.path().join("default.wasm"), b"not wasm").expect("write");
+    let mut sluice = Spawned::start(&redis, broken.path(), "default", 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sluice.output().contains("crash-looping") {
+        assert!(Instant::now() < deadline, "no crash loop:\n{}", sluice.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = Instant::now();
+    sluice.signal("TERM");
+    sluice.wait_exit(Duration::from_secs(10)).await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(2), "the stop took {took:?}:\n{}", sluice.output());
+}

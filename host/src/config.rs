@@ -60,6 +60,10 @@ impl Config {
         // past these bounds the semaphore panics or Redis refuses the expiry (ten years).
         let max_in_flight = parse_in(&get, "MAX_IN_FLIGHT", 1_024, 1..=1_000_000)?;
         let task_ttl_secs = parse_in(&get, "TASK_TTL_SECS", 86_400, 1..=10 * 365 * 86_400)?;
+        if let Some(filter) = get("RUST_LOG") {
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .with_context(|| format!("RUST_LOG is not a valid log filter: {filter:?}"))?;
+        }
         let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         redis::Client::open(redis_url.as_str())
             .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
@@ -141,6 +145,7 @@ mod tests {
             ("MAX_IN_FLIGHT", "18446744073709551615"),
             ("TASK_TTL_SECS", "0"),
             ("TASK_TTL_SECS", "18446744073709551615"),
+            ("RUST_LOG", "sluice=loud"),
         ] {
             let err = config(&[(key, value)]).expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");

@@ -13,6 +13,11 @@ use crate::store::clock::Clock;
 use crate::store::{Store, StoreError};
 use crate::task::ClaimedTask;
 
+/// First pause before retrying a failed acknowledgement; each retry doubles it.
+const ACK_RETRY_FIRST: Duration = Duration::from_millis(25);
+/// Longest pause between two attempts of an acknowledgement.
+const ACK_RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// Why a task could not be run and acknowledged. It stays leased and runs again once
 /// the lease expires.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +80,37 @@ impl Runner {
             })
             .collect();
         self.log.append(&done)?;
-        let kept = self.store.ack(&done, self.task_ttl).await?;
+        let (kept, retried) = self.ack(&done).await?;
         for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !kept) {
-            tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
+            if retried {
+                tracing::info!(task_id = %run.task_id, "lease gone at the retried ack: an earlier attempt landed, or the lease ran out and the task may have run twice");
+            } else {
+                tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
+            }
         }
         let ran = done.iter().map(|run| Ran { started_at: run.started_at, completed_at: run.completed_at }).collect();
         Ok(ran)
+    }
+
+    /// Acknowledge run tasks, retrying a failed acknowledgement (repeating one changes
+    /// nothing) for up to a lease: their lines are written, and an acknowledgement given up
+    /// runs them all again once the lease runs out. Also says whether it was retried.
+    async fn ack(&self, done: &[Completion<'_>]) -> Result<(Vec<bool>, bool), StoreError> {
+        let give_up = tokio::time::Instant::now() + self.lease;
+        let mut pause = ACK_RETRY_FIRST;
+        let mut retried = false;
+        loop {
+            match self.store.ack(done, self.task_ttl).await {
+                Ok(kept) => return Ok((kept, retried)),
+                Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                    let n = done.len();
+                    tracing::warn!("acknowledging {n} run tasks failed, retrying in {} ms: {e}", pause.as_millis());
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACK_RETRY_MAX);
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

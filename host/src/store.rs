@@ -213,7 +213,8 @@ impl Store {
 
     /// Mark tasks completed as their completion lines say and end their leases, atomically,
     /// in one round trip. The answer says, per task, whether its lease entry was still there
-    /// (`false`: it expired and the task was claimed again, so it may run twice).
+    /// (`false`: it expired; the task is taken out of the queue it went back to, but if
+    /// another worker claimed it meanwhile it runs twice).
     pub async fn ack(&self, done: &[Completion<'_>], keep: Duration) -> Result<Vec<bool>, StoreError> {
         // A plain MULTI/EXEC, not a script: half the Redis CPU of an EVALSHA, and the
         // lease entry removed tells whether the lease was still there.
@@ -233,7 +234,18 @@ impl Store {
         if removed.len() != done.len() {
             return Err(StoreError::BadReply(format!("ack: {} answers for {} tasks", removed.len(), done.len())));
         }
-        Ok(removed.into_iter().map(|n| n == 1).collect())
+        let kept: Vec<bool> = removed.into_iter().map(|n| n == 1).collect();
+        // A lease that ran out put its task back in the queue: it has run now, so take it
+        // out again, or it runs a second time. (Rare: one more round trip, then.)
+        let requeued: Vec<&str> =
+            done.iter().zip(&kept).filter(|(_, kept)| !**kept).map(|(run, _)| run.task_id).collect();
+        if !requeued.is_empty() {
+            let unqueue = redis::cmd("ZREM").arg(keys::DUE).arg(&requeued).to_owned();
+            if let Err(e) = self.run(async |c| unqueue.query_async::<i64>(c).await).await {
+                tracing::warn!("{} run tasks whose lease ran out may run again: {e}", requeued.len());
+            }
+        }
+        Ok(kept)
     }
 
     /// The same acknowledgement by `ack.lua`, which Redis lets finish at `maxmemory`: else a

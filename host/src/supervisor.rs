@@ -28,10 +28,8 @@ const CRASH_WINDOW: Duration = Duration::from_secs(10);
 /// Delay before replacing a worker that is crash-looping.
 const CRASH_BACKOFF: Duration = Duration::from_secs(5);
 
-enum Event {
-    Exited(usize, std::io::Result<ExitStatus>),
-    Restart(usize),
-}
+/// A worker that exited: its id and how.
+type Exited = (usize, std::io::Result<ExitStatus>);
 
 struct Slot {
     stdin: Option<ChildStdin>,
@@ -58,10 +56,21 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("TASK_LOG {}: cannot open it for appending", config.task_log.display()))?;
     let addr = std::net::SocketAddr::new(config.bind, config.port);
     drop(crate::worker::shared_socket(addr).with_context(|| format!("BIND and PORT: cannot listen on {addr}"))?);
+    // An admitted task's reservation answer and its acknowledgement each take up to the
+    // timeout: a shorter lease can run out first, and the task run twice.
+    if config.lease < config.redis_timeout * 2 {
+        tracing::warn!(
+            lease_ms = config.lease.as_millis(),
+            redis_timeout_ms = config.redis_timeout.as_millis(),
+            "LEASE_MS is under twice REDIS_TIMEOUT_MS: a task may run twice when Redis is slow"
+        );
+    }
     let exe = std::env::current_exe()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut events = JoinSet::new();
+    // Pending replacements, apart: a stop drops them (aborting their waits) at once.
+    let mut restarts: JoinSet<usize> = JoinSet::new();
     let mut slots: Vec<Slot> = Vec::new();
     for id in 0..config.workers.get() {
         slots.push(Slot { stdin: None, kill: CancellationToken::new(), deaths: VecDeque::new() });
@@ -72,25 +81,24 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(Ok(event)) = events.join_next() => match event {
-                Event::Exited(id, status) => {
-                    let delay = record_death(&mut slots[id], id, status);
-                    events.spawn(async move { tokio::time::sleep(delay).await; Event::Restart(id) });
+            Some(Ok((id, status))) = events.join_next() => {
+                let delay = record_death(&mut slots[id], id, status);
+                restarts.spawn(async move { tokio::time::sleep(delay).await; id });
+            }
+            Some(Ok(id)) = restarts.join_next() => {
+                if let Err(e) = spawn(&exe, id, &mut slots[id], &mut events) {
+                    tracing::error!(worker = id, "cannot start worker, retrying: {e}");
+                    restarts.spawn(async move { tokio::time::sleep(CRASH_BACKOFF).await; id });
                 }
-                Event::Restart(id) => {
-                    if let Err(e) = spawn(&exe, id, &mut slots[id], &mut events) {
-                        tracing::error!(worker = id, "cannot start worker, retrying: {e}");
-                        events.spawn(async move { tokio::time::sleep(CRASH_BACKOFF).await; Event::Restart(id) });
-                    }
-                }
-            },
+            }
         }
     }
+    drop(restarts);
     shutdown(slots, events).await;
     Ok(())
 }
 
-fn spawn(exe: &std::path::Path, id: usize, slot: &mut Slot, events: &mut JoinSet<Event>) -> std::io::Result<()> {
+fn spawn(exe: &std::path::Path, id: usize, slot: &mut Slot, events: &mut JoinSet<Exited>) -> std::io::Result<()> {
     let mut worker = Command::new(exe);
     worker.env(WORKER_ID_ENV, id.to_string()).stdin(Stdio::piped());
     if std::env::var_os(MIMALLOC_EAGER_COMMIT_ENV).is_none() {
@@ -109,7 +117,7 @@ fn spawn(exe: &std::path::Path, id: usize, slot: &mut Slot, events: &mut JoinSet
                 child.wait().await
             }
         };
-        Event::Exited(id, status)
+        (id, status)
     });
     Ok(())
 }
@@ -133,7 +141,7 @@ fn record_death(slot: &mut Slot, id: usize, status: std::io::Result<ExitStatus>)
 }
 
 /// Close every worker's stdin (the stop request), wait for them to drain, kill stragglers.
-async fn shutdown(slots: Vec<Slot>, mut events: JoinSet<Event>) {
+async fn shutdown(slots: Vec<Slot>, mut events: JoinSet<Exited>) {
     tracing::info!("supervisor stopping: draining workers");
     let kills: Vec<CancellationToken> = slots.iter().map(|s| s.kill.clone()).collect();
     drop(slots);
@@ -141,19 +149,12 @@ async fn shutdown(slots: Vec<Slot>, mut events: JoinSet<Event>) {
     loop {
         match tokio::time::timeout_at(deadline, events.join_next()).await {
             Ok(None) => break,
-            Ok(Some(Ok(Event::Exited(id, status)))) => {
-                tracing::info!(worker = id, status = ?status.ok(), "worker exited")
-            }
-            Ok(Some(_)) => {}
+            Ok(Some(Ok((id, status)))) => tracing::info!(worker = id, status = ?status.ok(), "worker exited"),
+            Ok(Some(Err(_))) => {}
             Err(_) => {
                 tracing::warn!("workers did not stop in time; killing them");
                 kills.iter().for_each(CancellationToken::cancel);
-                // Pending restarts never fire: abort them, then collect the killed workers.
-                while let Some(event) = events.join_next().await {
-                    if let Ok(Event::Restart(_)) = event {
-                        continue;
-                    }
-                }
+                while events.join_next().await.is_some() {}
                 break;
             }
         }

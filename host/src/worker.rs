@@ -44,7 +44,7 @@ impl Worker {
         let store = Store::new(&config.redis_url, config.redis_timeout)?;
         let clock = store.clock();
         match clock.sync(&store).await {
-            Ok(()) => warn_if_evicting(&store).await,
+            Ok(()) => warn_if_unsafe(&store).await,
             Err(e) => tracing::warn!("Redis not reachable at start, serving 503 until it is: {e}"),
         }
         let registry = Arc::new(Registry::new(Engine::new()?, config.policy_dir.clone(), config.policy.clone()));
@@ -150,15 +150,23 @@ async fn stop_on_signal(cancel: CancellationToken, supervised: bool) {
     cancel.cancel();
 }
 
-/// Warn when Redis may evict keys: an evicted task or counter is a lost task or an
-/// over-admission.
-async fn warn_if_evicting(store: &Store) {
-    match store.config_get("maxmemory-policy").await {
-        Ok(Some(policy)) if policy != "noeviction" => tracing::warn!(
+/// Warn when Redis may lose what it acknowledged: an evicted task or counter is a lost
+/// task or an over-admission, and without an AOF a Redis restart loses every queued task.
+async fn warn_if_unsafe(store: &Store) {
+    let read = async |name: &str| match store.config_get(name).await {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::debug!("cannot read {name}: {e}");
+            None
+        }
+    };
+    if let Some(policy) = read("maxmemory-policy").await.filter(|p| p != "noeviction") {
+        tracing::warn!(
             %policy,
             "Redis maxmemory-policy is not noeviction: under memory pressure Redis may drop queued tasks and counters"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::debug!("cannot read maxmemory-policy: {e}"),
+        );
+    }
+    if read("appendonly").await.is_some_and(|aof| aof == "no") {
+        tracing::warn!("Redis appendonly is no: a Redis restart loses queued tasks and users' starts (see redis.conf)");
     }
 }

@@ -76,8 +76,9 @@
 //! Fuel ([`decision_fuel`]: [`FUEL_PER_DECISION`] units, roughly one per wasm instruction,
 //! and [`FUEL_PER_REQUEST_BYTE`] per byte of the request), of which each host call takes
 //! its share too: [`FUEL_PER_RESERVE`] for `reserve` and `reserve_bucket` whatever they
-//! answer (each may be a Redis script call), [`FUEL_PER_LOG`] for `log`. So a decision
-//! makes fewer than ten reservation attempts and fifty log lines per million units (a
+//! answer (each may be a Redis script call), [`FUEL_PER_LOG`] for `log`, [`FUEL_PER_NOW`]
+//! for `now_ms`. So a decision makes fewer than ten reservation attempts, fifty log lines
+//! and a thousand clock reads per million units (a
 //! request at the 64 KiB body limit brings about two million more), and a policy
 //! that retries in a loop runs out of fuel instead of hammering Redis or the log. Linear
 //! memory up to [`MAX_MEMORY_BYTES`], tables up to [`MAX_TABLE_ELEMENTS`] entries, no
@@ -160,6 +161,10 @@ pub const fn decision_fuel(len: usize) -> u64 {
 pub const FUEL_PER_RESERVE: u64 = FUEL_PER_DECISION / 10;
 /// Fuel one `log` call takes: a fiftieth of a decision's.
 pub const FUEL_PER_LOG: u64 = FUEL_PER_DECISION / 50;
+/// Fuel one `now_ms` call takes: a thousandth of a decision's. A host call costs the
+/// host far more than the one unit of the instruction that makes it; free, a loop of
+/// `now_ms` calls held the worker's thread for a million clock reads.
+pub const FUEL_PER_NOW: u64 = FUEL_PER_DECISION / 1000;
 /// Most entries of a policy instance's tables (the function table a compiler emits for
 /// indirect calls holds tens to hundreds).
 pub const MAX_TABLE_ELEMENTS: usize = 10_000;

@@ -92,7 +92,8 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
             Self::Store(cause) => tracing::warn!("answering 503: {cause}"),
-            Self::Policy(cause) => tracing::error!("policy failed, answering 503: {cause}"),
+            // Escaped: the cause may carry a policy's own text.
+            Self::Policy(cause) => tracing::error!("policy failed, answering 503: {:?}", cause.to_string()),
             _ => {}
         }
         let mut body = serde_json::json!({ "error": self.to_string() });

@@ -7,14 +7,20 @@ use limiter_wasm::codec::{DecisionRecord, encode_request};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tokio::sync::Semaphore;
 use wasmtime::{ExternType, InstancePre, Linker, Memory, Module, StoreLimitsBuilder, Trap, TypedFunc};
 
 use super::host_fns::{self, CallContext, HostState};
 use super::{PolicyError, PolicyName, Verdict};
 use crate::store::Reserved;
 
-/// Instances kept for reuse per policy; more concurrent decisions instantiate extra ones.
-const POOL_SIZE: usize = 64;
+/// Most instances of one policy alive at once in a worker: decisions beyond them wait
+/// for one (a decision holds its instance while it awaits Redis). Each may grow to
+/// [`MAX_MEMORY_BYTES`], so this bounds what a policy's memory can take: 1 GiB at worst.
+const MAX_INSTANCES: usize = 64;
+/// An instance whose memory grew past this is dropped after its decision, not kept for
+/// the next one (the example policies use 128-256 KiB).
+const MAX_POOLED_MEMORY: usize = 1 << 20;
 
 /// The wasmtime engine and the linker holding the host functions; one per worker.
 #[derive(Clone)]
@@ -44,22 +50,24 @@ impl Engine {
 
     /// Compile and validate `bytes` as policy `name`: it must compile, import nothing but
     /// the host ABI, export the ABI version we speak and every required export, and pass
-    /// a smoke decision. Compilation runs on the blocking pool, off the request path.
+    /// a smoke decision. Compiling and hashing run on the blocking pool, off the request path.
     pub async fn load(&self, name: &PolicyName, bytes: Arc<[u8]>) -> Result<Policy, String> {
-        let (engine, source) = (self.engine.clone(), bytes.clone());
-        let module = tokio::task::spawn_blocking(move || Module::new(&engine, &source))
-            .await
-            .map_err(|e| format!("compiler task failed: {e}"))?
-            .map_err(|e| format!("not a valid wasm module: {e:#}"))?;
+        let engine = self.engine.clone();
+        let (module, sha256) =
+            tokio::task::spawn_blocking(move || (Module::new(&engine, &bytes), hex::encode(Sha256::digest(&bytes))))
+                .await
+                .map_err(|e| format!("compiler task failed: {e}"))?;
+        let module = module.map_err(|e| format!("not a valid wasm module: {e:#}"))?;
         check_imports(&module)?;
         let pre =
             self.linker.instantiate_pre(&module).map_err(|e| format!("imports do not match the host ABI: {e:#}"))?;
         let policy = Policy {
             name: name.clone(),
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
             loaded_at: SystemTime::now(),
             pre,
             pool: Mutex::new(Vec::new()),
+            instances: Semaphore::new(MAX_INSTANCES),
         };
         let mut instance = policy.instantiate().await.map_err(|e| format!("cannot instantiate: {e}"))?;
         let version = instance
@@ -106,6 +114,8 @@ pub struct Policy {
     pub loaded_at: SystemTime,
     pre: InstancePre<HostState>,
     pool: Mutex<Vec<Instance>>,
+    /// One permit per instance that may be alive ([`MAX_INSTANCES`]).
+    instances: Semaphore,
 }
 
 impl std::fmt::Debug for Policy {
@@ -178,16 +188,16 @@ impl Policy {
         }
     }
 
-    /// Return an instance that decided without failing; beyond the pool size it is dropped.
+    /// Return an instance that decided without failing, unless its memory grew large.
     fn check_in(&self, instance: Instance) {
-        let mut pool = self.pool.lock().expect("policy pool lock poisoned");
-        if pool.len() < POOL_SIZE {
-            pool.push(instance);
+        if instance.memory.data_size(&instance.store) <= MAX_POOLED_MEMORY {
+            self.pool.lock().expect("policy pool lock poisoned").push(instance);
         }
     }
 
     /// Decide on one request. A failed instance is dropped, never reused.
     pub async fn decide(&self, call: CallContext, request: &[u8]) -> Result<Outcome, Failure> {
+        let _alive = self.instances.acquire().await.expect("the instance semaphore is never closed");
         let mut instance = self.check_out().await.map_err(|error| Failure { error, reserved: None })?;
         let result = self.run(&mut instance, Some(call), request).await;
         let reserved = instance.store.data_mut().reserved.take();
@@ -204,6 +214,7 @@ impl Policy {
     /// Decide with the host functions answered in memory (no Redis; `reserve` pretends
     /// to queue a second out): the wasm and host-call cost of a decision, for benchmarks.
     pub async fn dry_run(&self, request: &[u8]) -> Result<Verdict, PolicyError> {
+        let _alive = self.instances.acquire().await.expect("the instance semaphore is never closed");
         let mut instance = self.check_out().await?;
         let verdict = self.run(&mut instance, None, request).await?;
         self.check_in(instance);
@@ -247,9 +258,15 @@ impl Policy {
         let mut record = [0u8; DECISION_SIZE];
         read(&instance.memory, &instance.store, record_ptr, &mut record)?;
         let record = DecisionRecord::decode(&record);
-        let mut reason = vec![0u8; (record.reason_len as usize).min(MAX_REASON_LEN)];
-        read(&instance.memory, &instance.store, record.reason_ptr as i32, &mut reason)?;
-        let reason = String::from_utf8_lossy(&reason).into_owned();
+        // A reason explains a reject or an error: an admit's or a queue's is never read.
+        let reason = match record.kind {
+            abi::DECISION_REJECT | abi::DECISION_ERROR if record.reason_len > 0 => {
+                let mut reason = vec![0u8; (record.reason_len as usize).min(MAX_REASON_LEN)];
+                read(&instance.memory, &instance.store, record.reason_ptr as i32, &mut reason)?;
+                String::from_utf8_lossy(&reason).into_owned()
+            }
+            _ => String::new(),
+        };
         match record.kind {
             abi::DECISION_ADMIT => Ok(Verdict::Admit),
             abi::DECISION_QUEUE => Ok(Verdict::Queue { run_at_ms: record.value }),

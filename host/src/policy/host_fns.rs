@@ -3,8 +3,8 @@
 //! a hostile pointer or length becomes an error code, never a host fault.
 
 use limiter_wasm::abi::{
-    self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, FUEL_PER_LOG, FUEL_PER_RESERVE, MAX_REASON_LEN, RESERVATION_SIZE,
-    WINDOW_SIZE,
+    self, ERR_ALREADY_RESERVED, ERR_BAD_POINTER, FUEL_PER_LOG, FUEL_PER_NOW, FUEL_PER_RESERVE, MAX_REASON_LEN,
+    RESERVATION_SIZE, WINDOW_SIZE,
 };
 use limiter_wasm::codec::{decode_windows, validate_bucket};
 use std::sync::Arc;
@@ -58,8 +58,9 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Box::new(async move { reserve_bucket(&mut caller, interval, burst, max_delay, out_ptr).await })
         },
     )?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_NOW_MS, |caller: Caller<'_, HostState>| {
-        caller.data().call.as_ref().map_or_else(local_ms, |c| c.clock.now_ms())
+    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_NOW_MS, |mut caller: Caller<'_, HostState>| {
+        charge(&mut caller, FUEL_PER_NOW)?;
+        Ok(caller.data().call.as_ref().map_or_else(local_ms, |c| c.clock.now_ms()))
     })?;
     linker.func_wrap(
         abi::IMPORT_MODULE,
@@ -70,11 +71,12 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let text = guest_bytes(&mut caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned());
             let text = text.unwrap_or_else(|| "<log message out of bounds>".into());
             let policy = caller.data().policy.clone();
+            // Escaped (`{:?}`): a policy's text is one log line, never a forged other one.
             match level {
-                abi::LOG_ERROR => tracing::error!(%policy, "{text}"),
-                abi::LOG_WARN => tracing::warn!(%policy, "{text}"),
-                abi::LOG_INFO => tracing::info!(%policy, "{text}"),
-                _ => tracing::debug!(%policy, "{text}"),
+                abi::LOG_ERROR => tracing::error!(%policy, "{text:?}"),
+                abi::LOG_WARN => tracing::warn!(%policy, "{text:?}"),
+                abi::LOG_INFO => tracing::info!(%policy, "{text:?}"),
+                _ => tracing::debug!(%policy, "{text:?}"),
             }
             Ok(())
         },

@@ -15,6 +15,10 @@ use super::{Engine, Policy, PolicyName};
 /// How often the folder is scanned; a change is live after two scans at most.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Largest policy module the host reads: the example policies are 20-60 KiB, and a file
+/// far larger is a mistake (a debug build, the wrong file), refused without being kept.
+pub const MAX_MODULE_BYTES: u64 = 8 << 20;
+
 /// Size and modification time: what tells a changed file without reading it.
 type Stamp = (u64, SystemTime);
 
@@ -115,7 +119,10 @@ impl Registry {
     }
 
     async fn scan(&self, eager: bool) {
-        let files = match wasm_files(&self.dir) {
+        // The folder is read on the blocking pool: a slow disk never stalls the requests.
+        let dir = self.dir.clone();
+        let listed = tokio::task::spawn_blocking(move || wasm_files(&dir)).await;
+        let files = match listed.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
             Ok(files) => files,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), "cannot read policy folder: {e}");
@@ -140,13 +147,18 @@ impl Registry {
     }
 
     async fn load_file(&self, name: &PolicyName, path: &Path, stamp: Stamp) {
-        let bytes: Arc<[u8]> = match std::fs::read(path) {
-            Ok(b) => b.into(),
+        let owned = path.to_owned();
+        let read = tokio::task::spawn_blocking(move || read_module(&owned)).await;
+        let (bytes, sha256) = match read.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+            Ok(read) => read,
             Err(e) => return tracing::warn!(policy = %name, "cannot read {}: {e}", path.display()),
         };
-        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         let unchanged = self.get(name).is_some_and(|p| p.sha256 == sha256);
-        let result = if unchanged { Ok(None) } else { self.engine.load(name, bytes).await.map(Some) };
+        let result = match bytes {
+            _ if unchanged => Ok(None),
+            None => Err(format!("{} bytes, more than the {MAX_MODULE_BYTES} a policy module may have", stamp.0)),
+            Some(bytes) => self.engine.load(name, bytes).await.map(Some),
+        };
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let entry = entries.entry(name.clone()).or_default();
         entry.processed = Some(stamp);
@@ -187,6 +199,23 @@ impl Registry {
             false
         });
     }
+}
+
+/// A policy file's bytes, unless it is over [`MAX_MODULE_BYTES`], and its sha256; the
+/// bytes of a larger file are hashed as they are read, never all held.
+fn read_module(path: &Path) -> std::io::Result<(Option<Arc<[u8]>>, String)> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    (&mut file).take(MAX_MODULE_BYTES + 1).read_to_end(&mut bytes)?;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(&bytes);
+    if bytes.len() as u64 <= MAX_MODULE_BYTES {
+        return Ok((Some(bytes.into()), hex::encode(hasher.finalize())));
+    }
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok((None, hex::encode(hasher.finalize())))
 }
 
 fn wasm_files(dir: &Path) -> std::io::Result<Vec<(PolicyName, PathBuf, Stamp)>> {

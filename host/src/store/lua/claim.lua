@@ -20,6 +20,18 @@ local now_text, lease_until_text = string.format('%d', now), string.format('%d',
 local out = {now, -1}
 
 local function task_key(id) return ARGV[3] .. '{' .. id .. '}' end
+-- A command on a task's record, or nil when it fails: a record of another type is data
+-- this script did not write, and a script's error would keep the ids it already took out
+-- of the due index or lease set from being leased or queued again (nothing rolls back).
+-- Such a task is dropped, and said so in Redis's log.
+local function read_task(id, ...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    redis.log(redis.LOG_WARNING, 'claim.lua: task ' .. id .. ' dropped: ' .. reply.err)
+    return nil
+  end
+  return reply
+end
 -- The lowest score of a zset, or nil when it is empty.
 local function first(key)
   return tonumber(redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')[2])
@@ -30,7 +42,7 @@ local expiry = first(lease)
 if expiry and expiry <= now then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now_text, 'LIMIT', '0', '1000')) do
     redis.call('ZREM', lease, id)
-    local run_at = redis.call('HGET', task_key(id), 'run_at')
+    local run_at = read_task(id, 'HGET', task_key(id), 'run_at')
     if run_at then redis.call('ZADD', due, run_at, id) end
   end
   expiry = first(lease)
@@ -43,8 +55,8 @@ if budget > 0 and next_due and next_due <= now then
   redis.call('ZREMRANGEBYRANK', due, '0', string.format('%d', #ids - 1))
   local leases = {}
   for _, id in ipairs(ids) do
-    local info = redis.call('HMGET', task_key(id), 'user_id', 'run_at')
-    if info[1] then
+    local info = read_task(id, 'HMGET', task_key(id), 'user_id', 'run_at')
+    if info and info[1] then
       table.insert(leases, lease_until_text)
       table.insert(leases, id)
       table.insert(out, id)
