@@ -278,3 +278,21 @@ async fn a_redis_that_may_evict_is_warned_about_at_start() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// While Redis stalls, decisions hold their policy instances waiting on it; at most 64 of
+/// a policy are alive in a worker, and a submission that finds none free within 250 ms is
+/// answered 503 overloaded, with nothing stored, instead of waiting behind them.
+#[tokio::test]
+async fn submissions_beyond_the_policys_instances_are_shed_while_redis_stalls() {
+    let redis = RedisServer::start();
+    let svc = Service::start(&redis, &test_policy_dir(), "short-window").await;
+    assert_eq!(svc.post_task("warm").await.0, StatusCode::OK);
+    let blocker = redis.stall(1_500);
+    let users: Vec<String> = (0..80).map(|i| format!("shed-{i}")).collect();
+    let answers = futures_util::future::join_all(users.iter().map(|user| svc.post_task(user))).await;
+    let ran = tokio::task::spawn_blocking(move || blocker.join().expect("thread")).await.expect("join");
+    assert!(ran, "the busy script did not run");
+    let overloaded = answers.iter().filter(|(_, body)| body["error"] == "overloaded, retry shortly").count();
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::SERVICE_UNAVAILABLE), "{answers:?}");
+    assert!(overloaded >= 16, "{overloaded} of 80 answered overloaded: {answers:?}");
+}

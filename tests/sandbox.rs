@@ -46,7 +46,7 @@ async fn bad_modules_are_refused_and_the_last_good_version_keeps_serving() {
         ("foreign import", fixture("foreign_import"), "wasi_snapshot_preview1::fd_write"),
         ("trap at smoke call", fixture("always_traps"), "smoke decision failed"),
         // Hashed, never compiled or held: 8 MiB is the most a module may be.
-        ("too large", vec![0; 9 << 20], "more than the 8388608 a policy module may have"),
+        ("too large", vec![0; 9 << 20], "9437184 bytes, more than the 8388608 a policy module may have"),
     ];
     for (what, bytes, reason) in cases {
         let bad_sha = sha256(&bytes);

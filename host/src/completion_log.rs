@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One line of the log.
 #[derive(Debug, Serialize)]
@@ -29,16 +29,13 @@ pub struct CompletionLog {
     file: File,
     path: std::path::PathBuf,
     failed_writes: AtomicU64,
-    /// A short write left part of a line at the end of the file (a full disk): the next
-    /// write starts with a newline, so the fragment cannot swallow a whole line after it.
-    torn: AtomicBool,
 }
 
 impl CompletionLog {
     /// Open (creating) the log for appending.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file, path: path.to_owned(), failed_writes: AtomicU64::new(0), torn: AtomicBool::new(false) })
+        Ok(Self { file, path: path.to_owned(), failed_writes: AtomicU64::new(0) })
     }
 
     /// Where the log is.
@@ -49,10 +46,7 @@ impl CompletionLog {
     /// Append one line per entry, all in a single write: every line lands, whole, or the
     /// write fails.
     pub fn append(&self, entries: &[Completion<'_>]) -> std::io::Result<()> {
-        let mut lines = Vec::with_capacity(entries.len() * 128 + 1);
-        if self.torn.load(Ordering::Relaxed) {
-            lines.push(b'\n');
-        }
+        let mut lines = Vec::with_capacity(entries.len() * 128);
         for entry in entries {
             serde_json::to_writer(&mut lines, entry).expect("a completion always serializes");
             lines.push(b'\n');
@@ -60,10 +54,8 @@ impl CompletionLog {
         // `write`, not `write_all`: a partial write would tear a line, so treat it as a failure.
         let result = (&self.file).write(&lines).and_then(|n| {
             if n == lines.len() {
-                self.torn.store(false, Ordering::Relaxed);
                 Ok(())
             } else {
-                self.torn.store(true, Ordering::Relaxed);
                 Err(std::io::Error::other(format!("short write: {n} of {} bytes", lines.len())))
             }
         });

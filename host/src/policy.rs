@@ -62,6 +62,9 @@ pub enum PolicyError {
     /// Redis failed while the policy was asking the host.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every instance of the policy was busy for longer than a decision may wait for one.
+    #[error("no instance of the policy came free within {0} ms")]
+    Busy(u64),
     /// No policy of that name is loaded.
     #[error("policy {0} is not loaded")]
     NotLoaded(PolicyName),

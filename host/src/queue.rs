@@ -18,18 +18,6 @@ const ACK_RETRY_FIRST: Duration = Duration::from_millis(25);
 /// Longest pause between two attempts of an acknowledgement.
 const ACK_RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// Why a task could not be run and acknowledged. It stays leased and runs again once
-/// the lease expires.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The completion line could not be written.
-    #[error("completion log write failed: {0}")]
-    Log(#[from] std::io::Error),
-    /// The acknowledgement could not be stored.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// When a task ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ran {
@@ -57,15 +45,16 @@ pub struct Runner {
 impl Runner {
     /// Run one task leased to this worker: log it, then acknowledge it. A crash between
     /// the two is the one place a task can run twice (its lease expires, it runs again).
-    pub async fn run(&self, task: &ClaimedTask) -> Result<Ran, RunError> {
+    pub async fn run(&self, task: &ClaimedTask) -> std::io::Result<Ran> {
         let ran = self.run_all(std::slice::from_ref(task)).await?;
         Ok(ran[0])
     }
 
     /// Run tasks leased to this worker together: one write of all their completion lines,
-    /// then one acknowledgement of them all. On an error none is acknowledged, and each
-    /// runs again after its lease.
-    pub async fn run_all(&self, tasks: &[ClaimedTask]) -> Result<Vec<Ran>, RunError> {
+    /// then one acknowledgement of them all. Only a failed write fails the run: then none
+    /// is acknowledged, and each runs again after its lease. The lines once written, the
+    /// tasks have run: an acknowledgement that fails is retried in the background.
+    pub async fn run_all(&self, tasks: &[ClaimedTask]) -> std::io::Result<Vec<Ran>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -80,37 +69,55 @@ impl Runner {
             })
             .collect();
         self.log.append(&done)?;
-        let (kept, retried) = self.ack(&done).await?;
-        for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !kept) {
-            if retried {
-                tracing::info!(task_id = %run.task_id, "lease gone at the retried ack: an earlier attempt landed, or the lease ran out and the task may have run twice");
-            } else {
-                tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
+        match self.store.ack(&done, self.task_ttl).await {
+            Ok(kept) => warn_of_lost_leases(&done, &kept),
+            Err(e) => {
+                let owned = done
+                    .iter()
+                    .map(|run| (run.user_id.to_owned(), run.task_id.to_owned(), run.started_at, run.completed_at))
+                    .collect();
+                tokio::spawn(self.clone().ack_later(owned, e));
             }
         }
         let ran = done.iter().map(|run| Ran { started_at: run.started_at, completed_at: run.completed_at }).collect();
         Ok(ran)
     }
 
-    /// Acknowledge run tasks, retrying a failed acknowledgement (repeating one changes
-    /// nothing) for up to a lease: their lines are written, and an acknowledgement given up
-    /// runs them all again once the lease runs out. Also says whether it was retried.
-    async fn ack(&self, done: &[Completion<'_>]) -> Result<(Vec<bool>, bool), StoreError> {
+    /// Retry an acknowledgement that failed with `error` (repeating one changes nothing)
+    /// for up to a lease: given up, the tasks run again once their lease runs out.
+    async fn ack_later(self, runs: Vec<(String, String, i64, i64)>, mut error: StoreError) {
+        let done: Vec<Completion<'_>> = runs
+            .iter()
+            .map(|(user_id, task_id, started_at, completed_at)| Completion {
+                user_id,
+                task_id,
+                started_at: *started_at,
+                completed_at: *completed_at,
+            })
+            .collect();
         let give_up = tokio::time::Instant::now() + self.lease;
         let mut pause = ACK_RETRY_FIRST;
-        let mut retried = false;
-        loop {
-            match self.store.ack(done, self.task_ttl).await {
-                Ok(kept) => return Ok((kept, retried)),
-                Err(e) if tokio::time::Instant::now() + pause < give_up => {
-                    let n = done.len();
-                    tracing::warn!("acknowledging {n} run tasks failed, retrying in {} ms: {e}", pause.as_millis());
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(ACK_RETRY_MAX);
-                    retried = true;
-                }
-                Err(e) => return Err(e),
+        while tokio::time::Instant::now() + pause < give_up {
+            tracing::warn!(
+                "acknowledging {} run tasks failed, retrying in {} ms: {error}",
+                done.len(),
+                pause.as_millis()
+            );
+            tokio::time::sleep(pause).await;
+            match self.store.ack(&done, self.task_ttl).await {
+                // A lease entry gone now may be one an earlier attempt removed: not a warning.
+                Ok(_) => return tracing::info!("{} run tasks acknowledged by a retry", done.len()),
+                Err(e) => error = e,
             }
+            pause = (pause * 2).min(ACK_RETRY_MAX);
         }
+        tracing::error!("{} run tasks not acknowledged, they run again after their lease: {error}", done.len());
+    }
+}
+
+/// Warn of each task whose lease ran out before its acknowledgement.
+fn warn_of_lost_leases(done: &[Completion<'_>], kept: &[bool]) {
+    for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !**kept) {
+        tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
     }
 }

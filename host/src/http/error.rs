@@ -56,6 +56,7 @@ impl From<PolicyError> for AppError {
     fn from(e: PolicyError) -> Self {
         match e {
             PolicyError::Store(store) => Self::Store(store),
+            PolicyError::Busy(_) => Self::Overloaded,
             other => Self::Policy(other),
         }
     }
@@ -127,5 +128,6 @@ fn public_message(e: &PolicyError) -> String {
         PolicyError::Failed(_) => "policy failed: returned an error".into(),
         PolicyError::Store(_) => "storage unavailable, retry shortly".into(),
         PolicyError::NotLoaded(name) => format!("policy {name} is not loaded"),
+        PolicyError::Busy(_) => "overloaded".into(),
     }
 }

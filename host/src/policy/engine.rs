@@ -6,21 +6,25 @@ use limiter_wasm::abi::{self, DECISION_SIZE, FUEL_PER_DECISION, MAX_MEMORY_BYTES
 use limiter_wasm::codec::{DecisionRecord, encode_request};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-use tokio::sync::Semaphore;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{ExternType, InstancePre, Linker, Memory, Module, StoreLimitsBuilder, Trap, TypedFunc};
 
 use super::host_fns::{self, CallContext, HostState};
 use super::{PolicyError, PolicyName, Verdict};
 use crate::store::Reserved;
 
-/// Most instances of one policy alive at once in a worker: decisions beyond them wait
-/// for one (a decision holds its instance while it awaits Redis). Each may grow to
-/// [`MAX_MEMORY_BYTES`], so this bounds what a policy's memory can take: 1 GiB at worst.
+/// Most instances of one policy version alive at once in a worker: decisions beyond them
+/// wait for one (a decision holds its instance while it awaits Redis), up to
+/// [`INSTANCE_WAIT`]. Each may grow to [`MAX_MEMORY_BYTES`], so this bounds what a
+/// version's memory can take: 1 GiB at worst.
 const MAX_INSTANCES: usize = 64;
-/// An instance whose memory grew past this is dropped after its decision, not kept for
-/// the next one (the example policies use 128-256 KiB).
-const MAX_POOLED_MEMORY: usize = 1 << 20;
+/// Longest wait for a free instance; past it the submission is answered 503, overloaded
+/// (all 64 held means decisions waiting on a slow Redis), with nothing stored.
+const INSTANCE_WAIT: Duration = Duration::from_millis(250);
+/// An instance whose memory grew more than this during its decisions is dropped after
+/// one, not kept for the next (a request near the 64 KiB limit grows one by a page or two).
+const MAX_POOLED_GROWTH: usize = 1 << 20;
 
 /// The wasmtime engine and the linker holding the host functions; one per worker.
 #[derive(Clone)]
@@ -130,6 +134,8 @@ struct Instance {
     version: TypedFunc<(), i32>,
     alloc: TypedFunc<i32, i32>,
     decide: TypedFunc<(i32, i32), i32>,
+    /// Its memory's size when it was made.
+    initial_memory: usize,
     /// The guest buffer from the last `sluice_alloc`: address and size.
     request_buf: Option<(i32, usize)>,
 }
@@ -167,8 +173,10 @@ impl Policy {
         store.set_fuel(FUEL_PER_DECISION).map_err(trap)?;
         let instance = self.pre.instantiate_async(&mut store).await.map_err(trap)?;
         let missing = |what: &str| PolicyError::Failed(format!("export {what} missing or of the wrong type"));
+        let memory = instance.get_memory(&mut store, abi::EXPORT_MEMORY).ok_or_else(|| missing(abi::EXPORT_MEMORY))?;
         Ok(Instance {
-            memory: instance.get_memory(&mut store, abi::EXPORT_MEMORY).ok_or_else(|| missing(abi::EXPORT_MEMORY))?,
+            initial_memory: memory.data_size(&store),
+            memory,
             version: instance
                 .get_typed_func(&mut store, abi::EXPORT_ABI_VERSION)
                 .map_err(|_| missing(abi::EXPORT_ABI_VERSION))?,
@@ -188,16 +196,27 @@ impl Policy {
         }
     }
 
-    /// Return an instance that decided without failing, unless its memory grew large.
+    /// Return an instance that decided without failing, unless its memory grew much.
     fn check_in(&self, instance: Instance) {
-        if instance.memory.data_size(&instance.store) <= MAX_POOLED_MEMORY {
+        let grown = instance.memory.data_size(&instance.store) - instance.initial_memory;
+        if grown <= MAX_POOLED_GROWTH {
             self.pool.lock().expect("policy pool lock poisoned").push(instance);
+        } else {
+            tracing::debug!(policy = %self.name, grown, "instance not pooled: its memory grew");
+        }
+    }
+
+    /// A permit to have an instance alive, waited for up to [`INSTANCE_WAIT`].
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, PolicyError> {
+        match tokio::time::timeout(INSTANCE_WAIT, self.instances.acquire()).await {
+            Ok(permit) => Ok(permit.expect("the instance semaphore is never closed")),
+            Err(_) => Err(PolicyError::Busy(INSTANCE_WAIT.as_millis() as u64)),
         }
     }
 
     /// Decide on one request. A failed instance is dropped, never reused.
     pub async fn decide(&self, call: CallContext, request: &[u8]) -> Result<Outcome, Failure> {
-        let _alive = self.instances.acquire().await.expect("the instance semaphore is never closed");
+        let _alive = self.permit().await.map_err(|error| Failure { error, reserved: None })?;
         let mut instance = self.check_out().await.map_err(|error| Failure { error, reserved: None })?;
         let result = self.run(&mut instance, Some(call), request).await;
         let reserved = instance.store.data_mut().reserved.take();
@@ -214,7 +233,7 @@ impl Policy {
     /// Decide with the host functions answered in memory (no Redis; `reserve` pretends
     /// to queue a second out): the wasm and host-call cost of a decision, for benchmarks.
     pub async fn dry_run(&self, request: &[u8]) -> Result<Verdict, PolicyError> {
-        let _alive = self.instances.acquire().await.expect("the instance semaphore is never closed");
+        let _alive = self.permit().await?;
         let mut instance = self.check_out().await?;
         let verdict = self.run(&mut instance, None, request).await?;
         self.check_in(instance);

@@ -156,8 +156,8 @@ impl Registry {
         let unchanged = self.get(name).is_some_and(|p| p.sha256 == sha256);
         let result = match bytes {
             _ if unchanged => Ok(None),
-            None => Err(format!("{} bytes, more than the {MAX_MODULE_BYTES} a policy module may have", stamp.0)),
-            Some(bytes) => self.engine.load(name, bytes).await.map(Some),
+            Err(size) => Err(format!("{size} bytes, more than the {MAX_MODULE_BYTES} a policy module may have")),
+            Ok(bytes) => self.engine.load(name, bytes).await.map(Some),
         };
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let entry = entries.entry(name.clone()).or_default();
@@ -201,9 +201,12 @@ impl Registry {
     }
 }
 
-/// A policy file's bytes, unless it is over [`MAX_MODULE_BYTES`], and its sha256; the
-/// bytes of a larger file are hashed as they are read, never all held.
-fn read_module(path: &Path) -> std::io::Result<(Option<Arc<[u8]>>, String)> {
+/// A policy file's bytes, or its size if that is over [`MAX_MODULE_BYTES`].
+type Module = Result<Arc<[u8]>, u64>;
+
+/// A policy file and its sha256; the bytes of a file over [`MAX_MODULE_BYTES`] are hashed
+/// as they are read, never all held.
+fn read_module(path: &Path) -> std::io::Result<(Module, String)> {
     use sha2::Digest as _;
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)?;
@@ -212,10 +215,10 @@ fn read_module(path: &Path) -> std::io::Result<(Option<Arc<[u8]>>, String)> {
     let mut hasher = sha2::Sha256::new();
     hasher.update(&bytes);
     if bytes.len() as u64 <= MAX_MODULE_BYTES {
-        return Ok((Some(bytes.into()), hex::encode(hasher.finalize())));
+        return Ok((Ok(bytes.into()), hex::encode(hasher.finalize())));
     }
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok((None, hex::encode(hasher.finalize())))
+    let rest = std::io::copy(&mut file, &mut hasher)?;
+    Ok((Err(bytes.len() as u64 + rest), hex::encode(hasher.finalize())))
 }
 
 fn wasm_files(dir: &Path) -> std::io::Result<Vec<(PolicyName, PathBuf, Stamp)>> {

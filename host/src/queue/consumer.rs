@@ -79,7 +79,7 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
                 let full = claim.tasks.len() == BATCH;
                 if let Err(e) = runner.run_all(&claim.tasks).await {
                     let n = claim.tasks.len();
-                    tracing::error!("{n} claimed tasks not acknowledged, they run again after their lease: {e}");
+                    tracing::error!("{n} claimed tasks not logged, they run after their lease: {e}");
                 }
                 if full {
                     continue;

@@ -134,7 +134,7 @@ impl Producer {
             },
             Err(e) => {
                 // Stored and leased: it runs when the lease expires. Say so honestly.
-                tracing::error!(task_id = %task.task_id, "admitted task did not complete, it will run after its lease: {e}");
+                tracing::error!(task_id = %task.task_id, "admitted task not logged, it runs after its lease: {e}");
                 let now = self.runner.clock.now_ms();
                 Submitted::Queued {
                     task_id: task.task_id.clone(),
