@@ -572,7 +572,8 @@ async fn a_reservation_whose_answer_was_lost_leaves_nothing_stored() {
 
 /// A task claimed long after its start (Redis or every worker was away) starts now, and
 /// its user's later starts move as much later, so they keep the policy's gaps instead of
-/// all starting together; a new reservation goes after the moved starts.
+/// all starting together; a cancel finds a moved start, and a new reservation goes after
+/// the moved starts.
 #[tokio::test]
 async fn a_late_claim_moves_the_users_later_starts_with_it() {
     use sluice::store::keys;
@@ -612,6 +613,11 @@ async fn a_late_claim_moves_the_users_later_starts_with_it() {
     let want: Vec<String> =
         want.iter().zip(["r1", "r2", "r3", "r4", "r5"]).map(|(s, id)| format!("{s}:{id}")).collect();
     assert_eq!(starts.lines().collect::<Vec<_>>(), want);
+    // A cancel with the start r5 was answered with finds its moved entry.
+    let r5 = Reserved::Queued { slot_ms: past + 4000, now_ms: past };
+    assert!(store.cancel("r5", "rae", r5, lease).await.expect("cancel"));
+    let starts = redis.cli(&["LRANGE", &keys::starts("rae"), "0", "-1"]);
+    assert_eq!(starts.lines().collect::<Vec<_>>(), want[..4]);
     let next = store.reserve(&new_task("r6", "rae"), &rule(None), lease).await.expect("reserve");
-    assert_eq!(stored(next).0, now + 4000, "{next:?}");
+    assert_eq!(stored(next).0, now + 3000, "{next:?}");
 }
