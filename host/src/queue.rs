@@ -7,6 +7,7 @@ pub mod producer;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use crate::completion_log::{Completion, CompletionLog};
 use crate::store::clock::Clock;
@@ -40,6 +41,8 @@ pub struct Runner {
     pub lease: Duration,
     /// How long a completed task stays readable.
     pub task_ttl: Duration,
+    /// The worker's tasks, which a graceful stop waits for: retried acknowledgements too.
+    pub tracker: TaskTracker,
 }
 
 impl Runner {
@@ -70,13 +73,13 @@ impl Runner {
             .collect();
         self.log.append(&done)?;
         match self.store.ack(&done, self.task_ttl).await {
-            Ok(kept) => warn_of_lost_leases(&done, &kept),
+            Ok(kept) => warn_of_lost_leases(&done, &kept, ""),
             Err(e) => {
                 let owned = done
                     .iter()
                     .map(|run| (run.user_id.to_owned(), run.task_id.to_owned(), run.started_at, run.completed_at))
                     .collect();
-                tokio::spawn(self.clone().ack_later(owned, e));
+                self.tracker.spawn(self.clone().ack_later(owned, e));
             }
         }
         let ran = done.iter().map(|run| Ran { started_at: run.started_at, completed_at: run.completed_at }).collect();
@@ -105,8 +108,11 @@ impl Runner {
             );
             tokio::time::sleep(pause).await;
             match self.store.ack(&done, self.task_ttl).await {
-                // A lease entry gone now may be one an earlier attempt removed: not a warning.
-                Ok(_) => return tracing::info!("{} run tasks acknowledged by a retry", done.len()),
+                Ok(kept) => {
+                    tracing::info!("{} run tasks acknowledged by a retry", done.len());
+                    // A lease entry gone now may be one an earlier attempt removed.
+                    return warn_of_lost_leases(&done, &kept, " (or an earlier attempt of the ack landed)");
+                }
                 Err(e) => error = e,
             }
             pause = (pause * 2).min(ACK_RETRY_MAX);
@@ -115,9 +121,10 @@ impl Runner {
     }
 }
 
-/// Warn of each task whose lease ran out before its acknowledgement.
-fn warn_of_lost_leases(done: &[Completion<'_>], kept: &[bool]) {
+/// Warn of each task whose lease ran out before its acknowledgement; `or` names another
+/// cause there may be.
+fn warn_of_lost_leases(done: &[Completion<'_>], kept: &[bool], or: &str) {
     for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !**kept) {
-        tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
+        tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice{or}");
     }
 }

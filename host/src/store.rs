@@ -57,12 +57,6 @@ static ADOPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("stor
 static TASK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/task.lua")));
 static ACK_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("store/lua/ack.lua")));
 
-/// A task claimed this long after its start starts now, and its user's later starts move
-/// as much later (`claim.lua`), so that a late start never bunches with the next ones.
-/// Longer than the lateness of a busy queue (p99 9-11 ms under `just bench`'s backlog),
-/// short against a second.
-pub const RESPACE_AFTER: Duration = Duration::from_millis(100);
-
 /// A task to reserve a start for.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -204,8 +198,7 @@ impl Store {
         Ok(cancelled != Cancelled::Claimed)
     }
 
-    /// Claim up to `max` due tasks and lease them for `lease` (`claim.lua`); one more than
-    /// [`RESPACE_AFTER`] late starts now and moves its user's later starts with it. Waited for up
+    /// Claim up to `max` due tasks and lease them for `lease` (`claim.lua`). Waited for up
     /// to half the lease (at least `REDIS_TIMEOUT_MS`, at most [`reserver::LATE_ANSWER_WAIT`],
     /// as long as the connection waits), not `REDIS_TIMEOUT_MS`: nobody is answered 503 on a
     /// claim, and one that Redis runs after its caller stopped listening (a Redis stalled
@@ -213,7 +206,6 @@ impl Store {
     pub async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, StoreError> {
         let mut inv = CLAIM.prepare_invoke();
         inv.key(keys::DUE).key(keys::LEASE).arg(max).arg(lease.as_millis() as u64).arg(keys::TASK_PREFIX);
-        inv.arg(RESPACE_AFTER.as_millis() as u64).arg(keys::starts("%s"));
         let wait = self.timeout.max(lease / 2).min(reserver::LATE_ANSWER_WAIT);
         let reply: Vec<redis::Value> = run_on(&self.conn, wait, async |c| inv.invoke_async(c).await).await?;
         parse_claim(reply)

@@ -58,15 +58,22 @@ impl Worker {
         }
         let log = CompletionLog::open(&config.task_log)
             .with_context(|| format!("opening TASK_LOG {}", config.task_log.display()))?;
-        let runner =
-            Runner { store: store.clone(), log: Arc::new(log), clock, lease: config.lease, task_ttl: config.task_ttl };
+        let tracker = TaskTracker::new();
+        let runner = Runner {
+            store: store.clone(),
+            log: Arc::new(log),
+            clock,
+            lease: config.lease,
+            task_ttl: config.task_ttl,
+            tracker: tracker.clone(),
+        };
         let wake = Arc::new(Wake::default());
         let producer = Producer { registry: registry.clone(), runner: runner.clone(), wake: wake.clone() };
         let state = AppState {
             producer,
             store,
             registry,
-            tracker: TaskTracker::new(),
+            tracker,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             worker: format!("{worker_id}:{}", std::process::id()).into(),
         };

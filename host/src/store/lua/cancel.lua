@@ -26,10 +26,6 @@ if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
   if until_ms and tonumber(until_ms) ~= tonumber(slot) + tonumber(ARGV[4]) then return 0 end
   if not until_ms and redis.call('HEXISTS', KEYS[2], 'completed_at') == 1 then return 0 end
 end
--- A claim that found an earlier task of the user late may have moved this one's start
--- since (claim.lua's respace()): its record has the start its entry now carries.
-local moved = redis.pcall('HGET', KEYS[2], 'run_at')
-if type(moved) == 'string' then slot = moved end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[2])
 -- A reservation without windows writes no start, and so leaves an earlier version's zset
