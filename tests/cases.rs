@@ -122,8 +122,8 @@ async fn a_busy_users_starts_stay_few() {
 }
 
 /// Nothing writes "running" down: leased is running, in the due index is queued, and
-/// acknowledged is completed. A lease that runs out puts the task back in the queue,
-/// where a late acknowledgement of its first run leaves it.
+/// acknowledged is completed. A lease that runs out puts the task back in the queue, and
+/// a late acknowledgement of its run, there before a claim, takes it out again.
 #[tokio::test]
 async fn a_tasks_status_is_where_the_scripts_put_it() {
     let redis = RedisServer::start();
@@ -160,9 +160,8 @@ async fn a_tasks_status_is_where_the_scripts_put_it() {
     assert_eq!((view.status, view.started_at, view.completed_at), (TaskState::Completed, Some(3), Some(4)));
 }
 
-/// An acknowledgement whose answer is lost (the connection broke after Redis ran it) is
-/// retried in the background: the task ran once, and is not left leased to run again
-/// after its lease.
+/// An acknowledgement lost on its way to Redis (the connection broke) is retried in the
+/// background: the task ran once, and is not left leased to run again after its lease.
 #[tokio::test]
 async fn a_lost_acknowledgement_is_retried() {
     use sluice::completion_log::CompletionLog;
@@ -184,7 +183,7 @@ async fn a_lost_acknowledgement_is_retried() {
     };
     let reserved = store.reserve(&new_task("k1", "kate"), &SlotRule::default(), runner.lease).await;
     let Ok(Reserved::Admitted { slot_ms, .. }) = reserved else { panic!("{reserved:?}") };
-    proxy.lose_next_reply();
+    proxy.lose_next_request();
     let task = ClaimedTask { task_id: "k1".into(), user_id: "kate".into(), run_at: slot_ms };
     runner.run(&task).await.expect("run");
     eventually(Duration::from_secs(5), "k1's acknowledgement to be retried", || {

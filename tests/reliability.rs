@@ -285,9 +285,11 @@ async fn a_redis_that_may_evict_is_warned_about_at_start() {
 #[tokio::test]
 async fn submissions_beyond_the_policys_instances_are_shed_while_redis_stalls() {
     let redis = RedisServer::start();
-    let svc = Service::start(&redis, &test_policy_dir(), "short-window").await;
+    let env = [("REDIS_TIMEOUT_MS", "1000")];
+    let svc = Service::start_with(&redis, &test_policy_dir(), "short-window", &env).await;
     assert_eq!(svc.post_task("warm").await.0, StatusCode::OK);
-    let blocker = redis.stall(1_500);
+    // Long enough that the 64 holding instances are all answered 503 before it ends.
+    let blocker = redis.stall(3_000);
     let users: Vec<String> = (0..80).map(|i| format!("shed-{i}")).collect();
     let answers = futures_util::future::join_all(users.iter().map(|user| svc.post_task(user))).await;
     let ran = tokio::task::spawn_blocking(move || blocker.join().expect("thread")).await.expect("join");
@@ -295,4 +297,11 @@ async fn submissions_beyond_the_policys_instances_are_shed_while_redis_stalls() 
     let overloaded = answers.iter().filter(|(_, body)| body["error"] == "overloaded, retry shortly").count();
     assert!(answers.iter().all(|(status, _)| *status == StatusCode::SERVICE_UNAVAILABLE), "{answers:?}");
     assert!(overloaded >= 16, "{overloaded} of 80 answered overloaded: {answers:?}");
+    // The reservations Redis got during the stall it ran after it, past their give-up
+    // time: refused, so only the warm-up task is stored.
+    let pattern = format!("{}*", sluice::store::keys::TASK_PREFIX);
+    eventually(Duration::from_secs(5), "only the warm-up task stored", || {
+        (redis.cli(&["KEYS", &pattern]).lines().count() == 1).then_some(())
+    })
+    .await;
 }

@@ -137,11 +137,13 @@ impl RedisServer {
 }
 
 /// A unix-socket proxy in front of a Redis that, once told to, closes a client's
-/// connection instead of passing on the next reply: an answer lost after Redis ran the
-/// command, as when Redis dies just after running it.
+/// connection instead of passing on the next reply (an answer lost after Redis ran the
+/// command, as when Redis dies just after running it) or the next request (lost before
+/// Redis saw it).
 pub struct LossyProxy {
     dir: TempDir,
-    lose_next: Arc<AtomicBool>,
+    /// Lose the next reply, the next request.
+    lose: Arc<(AtomicBool, AtomicBool)>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -150,18 +152,18 @@ impl LossyProxy {
         let dir = TempDir::new("proxy");
         let listener = tokio::net::UnixListener::bind(dir.path().join("proxy.sock")).expect("bind");
         let target = redis.socket();
-        let lose_next = Arc::default();
+        let lose = Arc::<(AtomicBool, AtomicBool)>::default();
         let accept = tokio::spawn({
-            let lose_next = Arc::clone(&lose_next);
+            let lose = Arc::clone(&lose);
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if let Ok(server) = tokio::net::UnixStream::connect(&target).await {
-                        tokio::spawn(Self::relay(client, server, Arc::clone(&lose_next)));
+                        tokio::spawn(Self::relay(client, server, Arc::clone(&lose)));
                     }
                 }
             }
         });
-        Self { dir, lose_next, accept }
+        Self { dir, lose, accept }
     }
 
     pub fn url(&self) -> String {
@@ -170,28 +172,42 @@ impl LossyProxy {
 
     /// Close the connection that the next reply comes on, instead of passing the reply on.
     pub fn lose_next_reply(&self) {
-        self.lose_next.store(true, Ordering::SeqCst);
+        self.lose.0.store(true, Ordering::SeqCst);
     }
 
-    async fn relay(client: tokio::net::UnixStream, server: tokio::net::UnixStream, lose_next: Arc<AtomicBool>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut from_client, mut to_client) = client.into_split();
-        let (mut from_server, mut to_server) = server.into_split();
-        let up = tokio::io::copy(&mut from_client, &mut to_server);
-        let down = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = from_server.read(&mut buf).await?;
-                if n == 0 || lose_next.swap(false, Ordering::SeqCst) {
-                    return Ok::<_, std::io::Error>(());
-                }
-                to_client.write_all(&buf[..n]).await?;
-            }
-        };
+    /// Close the connection that the next request comes on, instead of passing it on.
+    pub fn lose_next_request(&self) {
+        self.lose.1.store(true, Ordering::SeqCst);
+    }
+
+    async fn relay(
+        client: tokio::net::UnixStream,
+        server: tokio::net::UnixStream,
+        lose: Arc<(AtomicBool, AtomicBool)>,
+    ) {
+        let (from_client, to_client) = client.into_split();
+        let (from_server, to_server) = server.into_split();
         // Whichever side ends first, both connections close as the halves drop.
         tokio::select! {
-            _ = up => {}
-            _ = down => {}
+            _ = Self::pass(from_client, to_server, &lose.1) => {}
+            _ = Self::pass(from_server, to_client, &lose.0) => {}
+        }
+    }
+
+    /// Copy `from` to `to` until either ends, or until a read comes while `lose` is set.
+    async fn pass(
+        mut from: tokio::net::unix::OwnedReadHalf,
+        mut to: tokio::net::unix::OwnedWriteHalf,
+        lose: &AtomicBool,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 || lose.swap(false, Ordering::SeqCst) {
+                return Ok(());
+            }
+            to.write_all(&buf[..n]).await?;
         }
     }
 }

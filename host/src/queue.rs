@@ -73,7 +73,11 @@ impl Runner {
             .collect();
         self.log.append(&done)?;
         match self.store.ack(&done, self.task_ttl).await {
-            Ok(kept) => warn_of_lost_leases(&done, &kept, ""),
+            Ok(kept) => {
+                for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !kept) {
+                    tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice");
+                }
+            }
             Err(e) => {
                 let owned = done
                     .iter()
@@ -109,22 +113,17 @@ impl Runner {
             tokio::time::sleep(pause).await;
             match self.store.ack(&done, self.task_ttl).await {
                 Ok(kept) => {
-                    tracing::info!("{} run tasks acknowledged by a retry", done.len());
-                    // A lease entry gone now may be one an earlier attempt removed.
-                    return warn_of_lost_leases(&done, &kept, " (or an earlier attempt of the ack landed)");
+                    // A lease entry gone now may be one an earlier attempt removed: one line.
+                    let gone = kept.iter().filter(|kept| !**kept).count();
+                    return tracing::info!(
+                        "{} run tasks acknowledged by a retry; {gone} had no lease left: an earlier attempt landed, or their lease ran out and they may have run twice",
+                        done.len()
+                    );
                 }
                 Err(e) => error = e,
             }
             pause = (pause * 2).min(ACK_RETRY_MAX);
         }
         tracing::error!("{} run tasks not acknowledged, they run again after their lease: {error}", done.len());
-    }
-}
-
-/// Warn of each task whose lease ran out before its acknowledgement; `or` names another
-/// cause there may be.
-fn warn_of_lost_leases(done: &[Completion<'_>], kept: &[bool], or: &str) {
-    for (run, _) in done.iter().zip(kept).filter(|(_, kept)| !**kept) {
-        tracing::warn!(task_id = %run.task_id, "lease lost before ack: the task may have run twice{or}");
     }
 }

@@ -175,7 +175,7 @@ impl Registry {
                 entry.refused = None;
             }
             Err(error) => {
-                tracing::error!(policy = %name, %sha256, "policy refused, the last good version keeps serving: {error}");
+                tracing::error!(policy = %name, %sha256, "policy refused, the last good version keeps serving: {error:?}");
                 entry.refused = Some(Refusal { sha256, error, at: unix_ms(SystemTime::now()) });
             }
         }
