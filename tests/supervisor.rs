@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{RedisServer, Spawned, alive, dist_dir, read_log, signal};
+use crate::support::{RedisServer, Spawned, TempDir, alive, dist_dir, read_log, signal};
 
 #[tokio::test]
 async fn two_workers_serve_and_a_killed_one_is_replaced_without_losing_tasks() {
@@ -145,7 +145,7 @@ async fn an_unusable_task_log_or_port_stops_the_start() {
 async fn a_stop_during_a_crash_loops_back_off_is_prompt() {
     let redis = RedisServer::start();
     // A module that is there but does not load: each worker exits at start.
-    let broken = crate::support::TempDir::new("broken");
+    let broken = TempDir::new("broken");
     std::fs::write(broken.path().join("default.wasm"), b"not wasm").expect("write");
     let mut sluice = Spawned::start(&redis, broken.path(), "default", 1);
     let deadline = Instant::now() + Duration::from_secs(15);

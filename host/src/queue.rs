@@ -14,11 +14,6 @@ use crate::store::clock::Clock;
 use crate::store::{Store, StoreError};
 use crate::task::ClaimedTask;
 
-/// First pause before retrying a failed acknowledgement; each retry doubles it.
-const ACK_RETRY_FIRST: Duration = Duration::from_millis(25);
-/// Longest pause between two attempts of an acknowledgement.
-const ACK_RETRY_MAX: Duration = Duration::from_millis(500);
-
 /// When a task ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ran {
@@ -63,14 +58,14 @@ impl Runner {
         }
         // Redis had reached `run_at` before a task could be claimed or admitted, so the
         // start is at least that; the clamp removes the local clock's estimate error.
-        let done: Vec<Completion<'_>> = tasks
+        let ran: Vec<Ran> = tasks
             .iter()
             .map(|task| {
                 let started_at = self.clock.now_ms().max(task.run_at);
-                let completed_at = self.clock.now_ms().max(started_at);
-                Completion { user_id: &task.user_id, task_id: &task.task_id, started_at, completed_at }
+                Ran { started_at, completed_at: self.clock.now_ms().max(started_at) }
             })
             .collect();
+        let done = completions(tasks, &ran);
         self.log.append(&done)?;
         match self.store.ack(&done, self.task_ttl).await {
             Ok(kept) => {
@@ -79,32 +74,23 @@ impl Runner {
                 }
             }
             Err(e) => {
-                let owned = done
-                    .iter()
-                    .map(|run| (run.user_id.to_owned(), run.task_id.to_owned(), run.started_at, run.completed_at))
-                    .collect();
-                self.tracker.spawn(self.clone().ack_later(owned, e));
+                self.tracker.spawn(self.clone().ack_later(tasks.to_vec(), ran.clone(), e));
             }
         }
-        let ran = done.iter().map(|run| Ran { started_at: run.started_at, completed_at: run.completed_at }).collect();
         Ok(ran)
     }
 
     /// Retry an acknowledgement that failed with `error` (repeating one changes nothing)
     /// for up to a lease: given up, the tasks run again once their lease runs out.
-    async fn ack_later(self, runs: Vec<(String, String, i64, i64)>, mut error: StoreError) {
-        let done: Vec<Completion<'_>> = runs
-            .iter()
-            .map(|(user_id, task_id, started_at, completed_at)| Completion {
-                user_id,
-                task_id,
-                started_at: *started_at,
-                completed_at: *completed_at,
-            })
-            .collect();
+    async fn ack_later(self, tasks: Vec<ClaimedTask>, ran: Vec<Ran>, mut error: StoreError) {
+        let done = completions(&tasks, &ran);
         let give_up = tokio::time::Instant::now() + self.lease;
-        let mut pause = ACK_RETRY_FIRST;
-        while tokio::time::Instant::now() + pause < give_up {
+        let mut backoff = Backoff::default();
+        loop {
+            let pause = backoff.pause();
+            if tokio::time::Instant::now() + pause >= give_up {
+                break;
+            }
             tracing::warn!(
                 "acknowledging {} run tasks failed, retrying in {} ms: {error}",
                 done.len(),
@@ -122,8 +108,42 @@ impl Runner {
                 }
                 Err(e) => error = e,
             }
-            pause = (pause * 2).min(ACK_RETRY_MAX);
         }
         tracing::error!("{} run tasks not acknowledged, they run again after their lease: {error}", done.len());
+    }
+}
+
+/// The completion lines of `tasks`, which ran as `ran` says.
+fn completions<'a>(tasks: &'a [ClaimedTask], ran: &[Ran]) -> Vec<Completion<'a>> {
+    tasks
+        .iter()
+        .zip(ran)
+        .map(|(task, ran)| Completion {
+            user_id: &task.user_id,
+            task_id: &task.task_id,
+            started_at: ran.started_at,
+            completed_at: ran.completed_at,
+        })
+        .collect()
+}
+
+/// Pauses between attempts of something Redis failed (a claim, an acknowledgement):
+/// 25 ms, doubling with each failure in a row up to 500 ms, so a brief failure delays
+/// the work briefly and a long one is not hammered.
+#[derive(Debug, Clone, Copy)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(25))
+    }
+}
+
+impl Backoff {
+    /// The pause before the next attempt.
+    fn pause(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(Duration::from_millis(500));
+        pause
     }
 }

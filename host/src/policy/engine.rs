@@ -4,7 +4,6 @@
 
 use limiter_wasm::abi::{self, DECISION_SIZE, FUEL_PER_DECISION, MAX_MEMORY_BYTES, MAX_REASON_LEN, MAX_TABLE_ELEMENTS};
 use limiter_wasm::codec::{DecisionRecord, encode_request};
-use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -52,16 +51,16 @@ impl Engine {
         Ok(Self { engine, linker: Arc::new(linker) })
     }
 
-    /// Compile and validate `bytes` as policy `name`: it must compile, import nothing but
-    /// the host ABI, export the ABI version we speak and every required export, and pass
-    /// a smoke decision. Compiling and hashing run on the blocking pool, off the request path.
-    pub async fn load(&self, name: &PolicyName, bytes: Arc<[u8]>) -> Result<Policy, String> {
+    /// Compile and validate `bytes`, whose sha256 is `sha256` (lowercase hex, as the caller
+    /// read it), as policy `name`: it must compile, import nothing but the host ABI, export
+    /// the ABI version we speak and every required export, and pass a smoke decision.
+    /// Compilation runs on the blocking pool, off the request path.
+    pub async fn load(&self, name: &PolicyName, bytes: Arc<[u8]>, sha256: String) -> Result<Policy, String> {
         let engine = self.engine.clone();
-        let (module, sha256) =
-            tokio::task::spawn_blocking(move || (Module::new(&engine, &bytes), hex::encode(Sha256::digest(&bytes))))
-                .await
-                .map_err(|e| format!("compiler task failed: {e}"))?;
-        let module = module.map_err(|e| format!("not a valid wasm module: {e:#}"))?;
+        let module = tokio::task::spawn_blocking(move || Module::new(&engine, &bytes))
+            .await
+            .map_err(|e| format!("compiler task failed: {e}"))?
+            .map_err(|e| format!("not a valid wasm module: {e:#}"))?;
         check_imports(&module)?;
         let pre =
             self.linker.instantiate_pre(&module).map_err(|e| format!("imports do not match the host ABI: {e:#}"))?;

@@ -157,7 +157,7 @@ impl Registry {
         let result = match bytes {
             _ if unchanged => Ok(None),
             Err(size) => Err(format!("{size} bytes, more than the {MAX_MODULE_BYTES} a policy module may have")),
-            Ok(bytes) => self.engine.load(name, bytes).await.map(Some),
+            Ok(bytes) => self.engine.load(name, bytes, sha256.clone()).await.map(Some),
         };
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let entry = entries.entry(name.clone()).or_default();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Runner;
+use super::{Backoff, Runner};
 
 /// Most tasks claimed in one round.
 const BATCH: usize = 256;
@@ -18,10 +18,6 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 /// one or two tasks a round and pays a round's fixed cost (a script call, four reads) for
 /// each: this caps a worker at 100 rounds a second and a task's extra wait at 10 ms.
 const MIN_CLAIM_INTERVAL: Duration = Duration::from_millis(10);
-/// Pause after a failed claim (Redis unavailable); it doubles with each failure in a row,
-/// up to [`ERROR_BACKOFF_MAX`], so a brief failure delays due tasks briefly.
-const ERROR_BACKOFF_FIRST: Duration = Duration::from_millis(25);
-const ERROR_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// How long a claim out when the worker is told to stop is still waited for: its tasks,
 /// leased by then, would otherwise wait a lease for another worker.
 const CLAIM_AFTER_STOP: Duration = Duration::from_secs(2);
@@ -54,7 +50,8 @@ impl Wake {
 /// Claim and run due tasks until cancelled; the running batch finishes first.
 pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: CancellationToken) {
     let mut last_chores: Option<tokio::time::Instant> = None;
-    let mut backoff = ERROR_BACKOFF_FIRST;
+    // Pauses after failed claims (Redis unavailable).
+    let mut backoff = Backoff::default();
     loop {
         if cancel.is_cancelled() {
             return;
@@ -75,7 +72,7 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
         };
         let pause = match claimed {
             Ok(claim) => {
-                backoff = ERROR_BACKOFF_FIRST;
+                backoff = Backoff::default();
                 let full = claim.tasks.len() == BATCH;
                 if let Err(e) = runner.run_all(&claim.tasks).await {
                     let n = claim.tasks.len();
@@ -88,9 +85,8 @@ pub async fn run(runner: Runner, wake: std::sync::Arc<Wake>, cancel: Cancellatio
                 Duration::from_millis(until_due.clamp(0, IDLE_POLL.as_millis() as i64) as u64)
             }
             Err(e) => {
-                tracing::warn!("claiming due tasks failed, retrying in {} ms: {e}", backoff.as_millis());
-                let pause = backoff;
-                backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
+                let pause = backoff.pause();
+                tracing::warn!("claiming due tasks failed, retrying in {} ms: {e}", pause.as_millis());
                 pause
             }
         };
