@@ -19,7 +19,7 @@ use crate::store::Store;
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// What the handlers share.
+/// What the handlers share, behind one `Arc`: axum clones the state for every request.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Submits tasks.
@@ -55,5 +55,5 @@ pub fn app(state: AppState) -> Router {
                 r
             }
         }))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::AppError;
@@ -29,7 +30,11 @@ struct TaskRequest<'a> {
 }
 
 /// `POST /task`: decide, then run, queue or refuse.
-pub async fn post_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
+pub async fn post_task(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
     require_json(&headers)?;
     let bytes = read_body(body).await?;
     let submission = parse_submission(&bytes)?;
@@ -37,12 +42,12 @@ pub async fn post_task(State(state): State<AppState>, headers: HeaderMap, body: 
     // connection, up to BODY_TIMEOUT, and no slot another submission is shed for.
     let permit = state.in_flight.clone().try_acquire_owned().map_err(|_| AppError::Overloaded)?;
     let user_id = submission.user_id.as_str().to_owned();
-    let producer = state.producer.clone();
+    let submitter = state.clone();
     // The permit goes with the submission, which finishes even if the client hangs up: a
     // submission counts against MAX_IN_FLIGHT until it is done, answered or not.
     let submission = async move {
         let _permit = permit;
-        producer.submit(submission).await
+        submitter.producer.submit(submission).await
     };
     let submitted =
         state.tracker.spawn(submission).await.map_err(|e| {
@@ -138,7 +143,7 @@ fn nesting_depth(json: &str) -> usize {
 /// `GET /task/{task_id}`: a task's state and times. A path axum cannot decode (percent-escapes
 /// that are not UTF-8) names no task either: 404 in JSON, not axum's plain-text 400.
 pub async fn get_task(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, AppError> {
     let Ok(Path(task_id)) = task_id else {
@@ -151,12 +156,12 @@ pub async fn get_task(
 }
 
 /// `GET /healthz`: the process is serving.
-pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "worker": &*state.worker, "pid": std::process::id()}))
 }
 
 /// `GET /readyz`: Redis answers and the active policy is loaded.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, AppError> {
     state.store.time_ms().await?;
     let active = state.registry.active_name();
     state
@@ -167,7 +172,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 }
 
 /// `GET /policies`: this worker's view of the loaded policies.
-pub async fn policies(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn policies(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!(state.registry.list()))
 }
 

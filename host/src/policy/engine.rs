@@ -166,13 +166,21 @@ impl Policy {
             .tables(4)
             .memories(1)
             .build();
-        let state = HostState { limits, policy: self.name.as_str().into(), call: None, reserved: None, failure: None };
+        let state = HostState {
+            limits,
+            policy: self.name.as_str().into(),
+            call: None,
+            reserved: None,
+            failure: None,
+            memory: None,
+        };
         let mut store = wasmtime::Store::new(self.pre.module().engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_fuel(FUEL_PER_DECISION).map_err(trap)?;
         let instance = self.pre.instantiate_async(&mut store).await.map_err(trap)?;
         let missing = |what: &str| PolicyError::Failed(format!("export {what} missing or of the wrong type"));
         let memory = instance.get_memory(&mut store, abi::EXPORT_MEMORY).ok_or_else(|| missing(abi::EXPORT_MEMORY))?;
+        store.data_mut().memory = Some(memory);
         Ok(Instance {
             initial_memory: memory.data_size(&store),
             memory,

@@ -40,6 +40,9 @@ pub struct HostState {
     pub reserved: Option<Reserved>,
     /// A Redis failure during this call; the call was aborted because of it.
     pub failure: Option<StoreError>,
+    /// The guest's exported memory, once instantiated: found once, not by name on every
+    /// host call.
+    pub memory: Option<Memory>,
 }
 
 /// Define every host function in `linker`.
@@ -174,7 +177,8 @@ fn charge(caller: &mut Caller<'_, HostState>, cost: u64) -> wasmtime::Result<()>
 }
 
 fn memory(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
-    caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory())
+    // By name until the instance is set up (a start function may call the host).
+    caller.data().memory.or_else(|| caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory()))
 }
 
 /// A copy of `len` guest bytes at `ptr`, or `None` if any of them is out of bounds.
@@ -208,7 +212,8 @@ mod tests {
         define(&mut linker).expect("host functions");
         let module = Module::new(&engine, wat::parse_str(PROBE).expect("wat")).expect("module");
         let limits = StoreLimitsBuilder::new().build();
-        let state = HostState { limits, policy: "probe".into(), call: None, reserved: None, failure: None };
+        let state =
+            HostState { limits, policy: "probe".into(), call: None, reserved: None, failure: None, memory: None };
         let mut store = Store::new(&engine, state);
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let instance = runtime.block_on(linker.instantiate_async(&mut store, &module)).expect("instance");
