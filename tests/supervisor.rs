@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{RedisServer, Spawned, TempDir, alive, dist_dir, read_log, signal};
+use crate::support::{RedisServer, Spawned, TempDir, alive, dist_dir, eventually, read_log, signal};
 
 #[tokio::test]
 async fn two_workers_serve_and_a_killed_one_is_replaced_without_losing_tasks() {
@@ -158,4 +158,32 @@ async fn a_stop_during_a_crash_loops_back_off_is_prompt() {
     sluice.wait_exit(Duration::from_secs(10)).await;
     let took = stopping.elapsed();
     assert!(took < Duration::from_secs(2), "the stop took {took:?}:\n{}", sluice.output());
+}
+
+/// A Redis that may lose what it acknowledged (no AOF, an eviction policy) and a lease too
+/// short for the Redis timeout are each warned of at start; the setup `just run` uses is not.
+#[tokio::test]
+async fn an_unsafe_redis_or_lease_is_warned_of_at_start() {
+    let warnings = ["appendonly is no", "maxmemory-policy is not noeviction", "LEASE_MS is under twice"];
+    let redis = RedisServer::start();
+    let safe = [("LEASE_MS", "2000"), ("REDIS_TIMEOUT_MS", "1000")];
+    let sluice = Spawned::start_with(&redis, &dist_dir(), "default", 1, &safe);
+    sluice.wait_for_workers(1).await;
+    // The worker logs its warnings before this line.
+    let output = eventually(Duration::from_secs(5), "the worker's start in its log", || {
+        Some(sluice.output()).filter(|o| o.contains("worker serving"))
+    })
+    .await;
+    assert!(warnings.iter().all(|w| !output.contains(w)), "warned of a safe setup:\n{output}");
+    drop(sluice);
+
+    redis.cli(&["CONFIG", "SET", "appendonly", "no"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let short = [("LEASE_MS", "1500"), ("REDIS_TIMEOUT_MS", "1000")];
+    let sluice = Spawned::start_with(&redis, &dist_dir(), "default", 1, &short);
+    sluice.wait_for_workers(1).await;
+    let output = sluice.output();
+    for warning in warnings {
+        assert!(output.contains(warning), "no warning {warning:?}:\n{output}");
+    }
 }
