@@ -165,24 +165,23 @@ async fn a_stop_during_a_crash_loops_back_off_is_prompt() {
 #[tokio::test]
 async fn an_unsafe_redis_or_lease_is_warned_of_at_start() {
     let warnings = ["appendonly is no", "maxmemory-policy is not noeviction", "LEASE_MS is under twice"];
+    // The output of a worker that started: it logs its warnings before "worker serving".
+    async fn started(sluice: &Spawned) -> String {
+        sluice.wait_for_workers(1).await;
+        eventually(Duration::from_secs(5), "the worker's start in its log", || {
+            Some(sluice.output()).filter(|o| o.contains("worker serving"))
+        })
+        .await
+    }
     let redis = RedisServer::start();
     let safe = [("LEASE_MS", "2000"), ("REDIS_TIMEOUT_MS", "1000")];
-    let sluice = Spawned::start_with(&redis, &dist_dir(), "default", 1, &safe);
-    sluice.wait_for_workers(1).await;
-    // The worker logs its warnings before this line.
-    let output = eventually(Duration::from_secs(5), "the worker's start in its log", || {
-        Some(sluice.output()).filter(|o| o.contains("worker serving"))
-    })
-    .await;
+    let output = started(&Spawned::start_with(&redis, &dist_dir(), "default", 1, &safe)).await;
     assert!(warnings.iter().all(|w| !output.contains(w)), "warned of a safe setup:\n{output}");
-    drop(sluice);
 
     redis.cli(&["CONFIG", "SET", "appendonly", "no"]);
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
     let short = [("LEASE_MS", "1500"), ("REDIS_TIMEOUT_MS", "1000")];
-    let sluice = Spawned::start_with(&redis, &dist_dir(), "default", 1, &short);
-    sluice.wait_for_workers(1).await;
-    let output = sluice.output();
+    let output = started(&Spawned::start_with(&redis, &dist_dir(), "default", 1, &short)).await;
     for warning in warnings {
         assert!(output.contains(warning), "no warning {warning:?}:\n{output}");
     }
